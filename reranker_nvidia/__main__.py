@@ -1,0 +1,3 @@
+from reranker_nvidia.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""Running an ASGI app with uvicorn inside an event loop the sidecar owns."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signals alone.
+
+    uvicorn installs its own SIGTERM/SIGINT handlers and re-raises the signal after serving;
+    embedded next to the gRPC server, the sidecar owns signals and stops both servers itself.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class AsgiServer:
+    """An ASGI app served on a socket bound at ``start`` (port 0 picks a free port)."""
+
+    def __init__(self, app: Any, host: str, port: int, *, log_level: str = "warning") -> None:
+        self._config = uvicorn.Config(
+            app,
+            log_level=log_level.lower(),
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
+        self._server = _EmbeddedServer(self._config)
+        self._host = host
+        self._port = port
+        self._socket: socket.socket | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._socket is None:
+            raise RuntimeError("server not started")
+        return int(self._socket.getsockname()[1])
+
+    async def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self._host, self._port))
+        sock.set_inheritable(True)
+        self._socket = sock
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("HTTP server stopped during start-up")
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        await self._task
+        self._task = None
+        if self._socket is not None:
+            self._socket.close()

@@ -1,0 +1,135 @@
+"""``reranker-nvidia``: serve the sidecar, rank from the command line, or run the NIM emulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from reranker_nvidia import __version__
+from reranker_nvidia.errors import RerankError
+from reranker_nvidia.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reranker-nvidia",
+        description="Rerank search hits with NVIDIA NIM over gRPC and HTTP.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the sidecar (gRPC and HTTP in one process)", description=(
+            "Run the sidecar. Settings come from RERANKER_* and NVIDIA_APIKEY; flags win."
+        )
+    )
+    serve.add_argument("--host", help="address to listen on (RERANKER_HOST, default 0.0.0.0)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (RERANKER_HTTP_PORT, default 8080)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (RERANKER_GRPC_PORT, default 50051)")
+
+    rank = commands.add_parser("rank", help="rank documents through a running sidecar (gRPC)")
+    rank.add_argument("--target", default="localhost:50051", help="sidecar gRPC HOST:PORT")
+    rank.add_argument("--query", required=True)
+    rank.add_argument("--model", help="NIM model (default: the sidecar's)")
+    rank.add_argument("--base-url", help="NIM base URL (default: the sidecar's)")
+    rank.add_argument("--truncate", choices=("NONE", "END"))
+    rank.add_argument("--top-n", type=int)
+    rank.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    rank.add_argument("documents", nargs="+", metavar="DOC")
+
+    emulate = commands.add_parser(
+        "emulate-nim", help="run the NIM ranking API emulator (lexical scoring, for tests)"
+    )
+    emulate.add_argument("--host", default="127.0.0.1")
+    emulate.add_argument("--port", type=int, default=8000)
+    emulate.add_argument("--api-key", help="require this Bearer key (default: none required)")
+    emulate.add_argument("--delay-ms", type=float, default=0.0, help="added latency per call")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "rank":
+        return _rank(args)
+    return _emulate(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from reranker_nvidia.server import SidecarServer
+
+    overrides: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("host", args.host),
+            ("http_port", args.http_port),
+            ("grpc_port", args.grpc_port),
+        )
+        if value is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        for problem in error.errors():
+            field = ".".join(str(part) for part in problem["loc"])
+            print(f"reranker-nvidia: invalid setting {field}: {problem['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(SidecarServer(settings).serve_until_signalled())
+    return 0
+
+
+def _rank(args: argparse.Namespace) -> int:
+    from reranker_nvidia.client import RerankerClient
+
+    try:
+        with RerankerClient(args.target, timeout_s=args.timeout) as client:
+            ranked = client.rank(
+                args.query,
+                args.documents,
+                model=args.model,
+                base_url=args.base_url,
+                truncate=args.truncate,
+                top_n=args.top_n,
+            )
+    except RerankError as error:
+        print(f"reranker-nvidia: {error.code.value}: {error.message}", file=sys.stderr)
+        return 1
+    for document in ranked.documents:
+        print(f"{document.score:10.4f}  {document.document}")
+    return 0
+
+
+def _emulate(args: argparse.Namespace) -> int:
+    from reranker_nvidia.asgi_server import AsgiServer
+    from reranker_nvidia.emulator import EmulatorState, create_emulator_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state = EmulatorState(api_key=args.api_key, delay_s=args.delay_ms / 1000)
+
+    async def run() -> None:
+        server = AsgiServer(create_emulator_app(state), args.host, args.port, log_level="info")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await server.start()
+        logging.getLogger("reranker_nvidia.emulator").info(
+            "NIM emulator on http://%s:%d/v1/ranking", args.host, server.port
+        )
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(run())
+    return 0

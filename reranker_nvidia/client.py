@@ -1,0 +1,296 @@
+"""Python clients for the sidecar's gRPC API, sync and async.
+
+    with RerankerClient("localhost:50051") as client:
+        for doc in client.rank("which way?", ["turn left", "go north"]):
+            print(doc.score, doc.document)
+
+Failures raise ``RerankError`` with the server's code and message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from reranker_nvidia.convert import (
+    API_KEY_METADATA,
+    BASE_URL_METADATA,
+    dict_to_struct,
+    error_from_rpc,
+    hit_to_proto,
+    options_to_proto,
+    usage_from_proto,
+)
+from reranker_nvidia.hits import Hit, RerankedHit, RerankedHits
+from reranker_nvidia.meta import Meta
+from reranker_nvidia.upstream import Usage
+from reranker_nvidia.v1 import reranker_service_pb2 as pb
+from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class ScoredDocument:
+    index: int
+    score: float
+    document: str
+
+
+@dataclass(frozen=True)
+class RankedDocuments:
+    """Documents best first (at most ``top_n``), with the model and NIM's token usage."""
+
+    documents: list[ScoredDocument]
+    model: str
+    usage: Usage
+
+
+class _Requests:
+    """Builds requests and reads responses; shared by the sync and async clients."""
+
+    def __init__(self, api_key: str | None, base_url: str | None) -> None:
+        self._api_key = api_key
+        self._base_url = base_url
+
+    def metadata(self, api_key: str | None, base_url: str | None) -> list[tuple[str, str]]:
+        pairs = []
+        if key := api_key or self._api_key:
+            pairs.append((API_KEY_METADATA, key))
+        if url := base_url or self._base_url:
+            pairs.append((BASE_URL_METADATA, url))
+        return pairs
+
+    @staticmethod
+    def rank(
+        query: str,
+        documents: Sequence[str],
+        model: str | None,
+        truncate: str | None,
+        top_n: int | None,
+    ) -> pb.RankRequest:
+        return pb.RankRequest(
+            query=query,
+            documents=documents,
+            options=options_to_proto(model, None, truncate),
+            top_n=top_n,
+        )
+
+    @staticmethod
+    def ranked(response: pb.RankResponse, documents: Sequence[str]) -> RankedDocuments:
+        return RankedDocuments(
+            [
+                ScoredDocument(result.index, result.score, documents[result.index])
+                for result in response.results
+            ],
+            response.model,
+            usage_from_proto(response.usage),
+        )
+
+    @staticmethod
+    def rerank(
+        hits: Sequence[Hit],
+        properties: Sequence[str],
+        query: str,
+        model: str | None,
+        truncate: str | None,
+        top_n: int | None,
+        module_config: Mapping[str, Any] | None,
+    ) -> pb.RerankRequest:
+        return pb.RerankRequest(
+            hits=[hit_to_proto(hit) for hit in hits],
+            properties=properties,
+            query=query,
+            top_n=top_n,
+            module_config=dict_to_struct(module_config or {}),
+            options=options_to_proto(model, None, truncate),
+        )
+
+    @staticmethod
+    def reranked(response: pb.RerankResponse, hits: Sequence[Hit]) -> RerankedHits:
+        return RerankedHits(
+            [
+                RerankedHit(
+                    hits[entry.original_position],
+                    entry.original_position,
+                    entry.rerank_score if entry.HasField("rerank_score") else None,
+                )
+                for entry in response.hits
+            ],
+            response.model,
+            usage_from_proto(response.usage),
+        )
+
+    @staticmethod
+    def meta(response: pb.GetMetaResponse) -> Meta:
+        return Meta(
+            name=response.name,
+            version=response.version,
+            model=response.model,
+            base_url=response.base_url,
+            endpoint=response.endpoint,
+            max_passages_per_call=response.max_passages_per_call,
+            max_documents=response.max_documents,
+            server_key_configured=response.server_key_configured,
+        )
+
+
+class RerankerClient:
+    """Blocking client. ``api_key`` and ``base_url`` apply to every call unless a call overrides."""
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout_s: float | None = None,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self._channel = channel if channel is not None else grpc.insecure_channel(target)
+        self._stub = pb_grpc.RerankerServiceStub(self._channel)
+        self._requests = _Requests(api_key, base_url)
+        self._timeout_s = timeout_s
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        model: str | None = None,
+        base_url: str | None = None,
+        truncate: str | None = None,
+        top_n: int | None = None,
+        api_key: str | None = None,
+    ) -> RankedDocuments:
+        request = _Requests.rank(query, documents, model, truncate, top_n)
+        try:
+            response = self._stub.Rank(
+                request,
+                metadata=self._requests.metadata(api_key, base_url),
+                timeout=self._timeout_s,
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+        return _Requests.ranked(response, documents)
+
+    def rerank(
+        self,
+        hits: Sequence[Hit],
+        *,
+        properties: Sequence[str],
+        query: str,
+        top_n: int | None = None,
+        module_config: Mapping[str, Any] | None = None,
+        model: str | None = None,
+        base_url: str | None = None,
+        truncate: str | None = None,
+        api_key: str | None = None,
+    ) -> RerankedHits:
+        request = _Requests.rerank(hits, properties, query, model, truncate, top_n, module_config)
+        try:
+            response = self._stub.Rerank(
+                request,
+                metadata=self._requests.metadata(api_key, base_url),
+                timeout=self._timeout_s,
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+        return _Requests.reranked(response, hits)
+
+    def meta(self) -> Meta:
+        try:
+            response = self._stub.GetMeta(pb.GetMetaRequest(), timeout=self._timeout_s)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+        return _Requests.meta(response)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RerankerClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncRerankerClient:
+    """asyncio client with the same calls as ``RerankerClient``."""
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout_s: float | None = None,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.RerankerServiceStub(self._channel)
+        self._requests = _Requests(api_key, base_url)
+        self._timeout_s = timeout_s
+
+    async def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        model: str | None = None,
+        base_url: str | None = None,
+        truncate: str | None = None,
+        top_n: int | None = None,
+        api_key: str | None = None,
+    ) -> RankedDocuments:
+        request = _Requests.rank(query, documents, model, truncate, top_n)
+        try:
+            response = await self._stub.Rank(
+                request,
+                metadata=self._requests.metadata(api_key, base_url),
+                timeout=self._timeout_s,
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+        return _Requests.ranked(response, documents)
+
+    async def rerank(
+        self,
+        hits: Sequence[Hit],
+        *,
+        properties: Sequence[str],
+        query: str,
+        top_n: int | None = None,
+        module_config: Mapping[str, Any] | None = None,
+        model: str | None = None,
+        base_url: str | None = None,
+        truncate: str | None = None,
+        api_key: str | None = None,
+    ) -> RerankedHits:
+        request = _Requests.rerank(hits, properties, query, model, truncate, top_n, module_config)
+        try:
+            response = await self._stub.Rerank(
+                request,
+                metadata=self._requests.metadata(api_key, base_url),
+                timeout=self._timeout_s,
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+        return _Requests.reranked(response, hits)
+
+    async def meta(self) -> Meta:
+        try:
+            response = await self._stub.GetMeta(pb.GetMetaRequest(), timeout=self._timeout_s)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from None
+        return _Requests.meta(response)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncRerankerClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

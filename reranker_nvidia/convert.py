@@ -1,0 +1,112 @@
+"""Translation between the gRPC messages and the core's types, both directions.
+
+The gRPC service reads requests and writes responses with it; the Python client does the
+reverse, so both sides agree on every field by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from reranker_nvidia.errors import ErrorCode, RerankError
+from reranker_nvidia.hits import Hit, SearchType
+from reranker_nvidia.ranker import RankOptions
+from reranker_nvidia.upstream import Usage
+from reranker_nvidia.v1 import reranker_service_pb2 as pb
+
+API_KEY_METADATA = "x-nvidia-api-key"
+BASE_URL_METADATA = "x-nvidia-baseurl"
+
+_TRUNCATE_FROM_PROTO: dict[int, str | None] = {
+    pb.TRUNCATE_UNSPECIFIED: None,
+    pb.TRUNCATE_NONE: "NONE",
+    pb.TRUNCATE_END: "END",
+}
+_TRUNCATE_TO_PROTO = {value: key for key, value in _TRUNCATE_FROM_PROTO.items()}
+
+_SEARCH_TYPE_FROM_PROTO = {
+    pb.SEARCH_TYPE_UNSPECIFIED: SearchType.UNSPECIFIED,
+    pb.SEARCH_TYPE_VECTOR: SearchType.VECTOR,
+    pb.SEARCH_TYPE_KEYWORD: SearchType.KEYWORD,
+    pb.SEARCH_TYPE_HYBRID: SearchType.HYBRID,
+}
+_SEARCH_TYPE_TO_PROTO = {value: key for key, value in _SEARCH_TYPE_FROM_PROTO.items()}
+
+
+def options_from_proto(message: pb.RankOptions, metadata: Mapping[str, str]) -> RankOptions:
+    """Request options: the message's fields, and the key and base URL from metadata.
+
+    The base URL in metadata wins over the message's, as Weaviate's header does over config.
+    """
+    return RankOptions(
+        model=message.model or None,
+        base_url=metadata.get(BASE_URL_METADATA) or message.base_url or None,
+        truncate=_TRUNCATE_FROM_PROTO.get(message.truncate),
+        api_key=metadata.get(API_KEY_METADATA),
+    )
+
+
+def options_to_proto(model: str | None, base_url: str | None, truncate: str | None) -> pb.RankOptions:
+    if truncate is not None and truncate.upper() not in ("NONE", "END"):
+        raise RerankError(
+            ErrorCode.INVALID_ARGUMENT, f"truncate must be NONE or END, got {truncate!r}"
+        )
+    return pb.RankOptions(
+        model=model or "",
+        base_url=base_url or "",
+        truncate=_TRUNCATE_TO_PROTO[truncate.upper() if truncate else None],
+    )
+
+
+def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(message)
+
+
+def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
+
+
+def hit_from_proto(message: pb.Hit) -> Hit:
+    return Hit(
+        id=message.id,
+        properties=struct_to_dict(message.properties),
+        score=message.score if message.HasField("score") else None,
+        distance=message.distance if message.HasField("distance") else None,
+        search_type=_SEARCH_TYPE_FROM_PROTO.get(message.search_type, SearchType.UNSPECIFIED),
+    )
+
+
+def hit_to_proto(hit: Hit) -> pb.Hit:
+    return pb.Hit(
+        id=hit.id,
+        properties=dict_to_struct(hit.properties),
+        score=hit.score,
+        distance=hit.distance,
+        search_type=_SEARCH_TYPE_TO_PROTO[hit.search_type],
+    )
+
+
+def usage_to_proto(usage: Usage) -> pb.Usage:
+    return pb.Usage(prompt_tokens=usage.prompt_tokens, total_tokens=usage.total_tokens)
+
+
+def usage_from_proto(message: pb.Usage) -> Usage:
+    return Usage(message.prompt_tokens, message.total_tokens)
+
+
+def status_code_for(error: RerankError) -> grpc.StatusCode:
+    return grpc.StatusCode[error.code.value]
+
+
+def error_from_rpc(error: grpc.RpcError) -> RerankError:
+    """A client-side ``RerankError`` for a failed call, keeping the server's message."""
+    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = error.details() if isinstance(error, grpc.Call) else str(error)
+    kind = ErrorCode.__members__.get(code.name, ErrorCode.INTERNAL)
+    return RerankError(kind, details or code.name)

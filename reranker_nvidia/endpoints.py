@@ -1,0 +1,52 @@
+"""Where a ranking request goes: base URL + model -> the NIM endpoint URL.
+
+Hosted NIM (``ai.api.nvidia.com``) serves each reranking model on its own path; a
+self-hosted NIM serves whatever it runs on ``/v1/ranking``. Users write the base URL bare,
+with ``/v1``, or as the full endpoint, and every form resolves to the same URL.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+HOSTED_HOSTS = frozenset({"ai.api.nvidia.com"})
+# Hosted NIM serves this model (under either id) on the path without a model segment.
+LEGACY_HOSTED_MODELS = frozenset({"nvidia/rerank-qa-mistral-4b", "nv-rerank-qa-mistral-4b:1"})
+
+_ENDPOINT_SUFFIXES = ("/ranking", "/reranking")
+_DIGIT_UNDERSCORE_DIGIT = re.compile(r"(?<=\d)_(?=\d)")
+
+
+def normalise_model(model: str) -> str:
+    """Model id as NIM expects it in the request body.
+
+    LiteLLM users write versions with underscores (``llama-3_2``) because that is how the
+    hosted path spells them; the body wants periods (``llama-3.2``). Only an underscore between
+    two digits is a version separator, so no other underscore is touched.
+    """
+    return _DIGIT_UNDERSCORE_DIGIT.sub(".", model.strip())
+
+
+def is_hosted(base_url: str) -> bool:
+    return (urlsplit(base_url.strip()).hostname or "").lower() in HOSTED_HOSTS
+
+
+def resolve_endpoint(base_url: str, model: str) -> str:
+    """The URL to POST a ranking request for ``model`` to, given a user-written base URL."""
+    base = base_url.strip().rstrip("/")
+    if base.endswith(_ENDPOINT_SUFFIXES):
+        return base
+    if is_hosted(base):
+        root = _strip_suffix(_strip_suffix(base, "/retrieval"), "/v1")
+        model = normalise_model(model)
+        if model in LEGACY_HOSTED_MODELS:
+            return f"{root}/v1/retrieval/nvidia/reranking"
+        return f"{root}/v1/retrieval/{model.replace('.', '_')}/reranking"
+    if base.endswith("/v1"):
+        return f"{base}/ranking"
+    return f"{base}/v1/ranking"
+
+
+def _strip_suffix(value: str, suffix: str) -> str:
+    return value[: -len(suffix)] if value.endswith(suffix) else value

@@ -1,0 +1,107 @@
+"""The gRPC surface: ``reranker_nvidia.v1.RerankerService``, translating to and from the core."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import grpc
+
+from reranker_nvidia.convert import (
+    hit_from_proto,
+    options_from_proto,
+    status_code_for,
+    struct_to_dict,
+    usage_to_proto,
+)
+from reranker_nvidia.errors import RerankError
+from reranker_nvidia.hits import collection_options, rerank_hits
+from reranker_nvidia.meta import Meta
+from reranker_nvidia.ranker import Ranker, check_top_n
+from reranker_nvidia.v1 import reranker_service_pb2 as pb
+from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger("reranker_nvidia.grpc")
+
+
+T = TypeVar("T")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _metadata(context: Context) -> dict[str, str]:
+    return {
+        key: value
+        for key, value in (context.invocation_metadata() or ())
+        if isinstance(value, str)
+    }
+
+
+def _top_n(message: pb.RankRequest | pb.RerankRequest) -> int | None:
+    return message.top_n if message.HasField("top_n") else None
+
+
+async def _answer(context: Context, work: Awaitable[T]) -> T:
+    """``work``'s result, or the call aborted with the status its failure maps to."""
+    try:
+        return await work
+    except RerankError as error:
+        await context.abort(status_code_for(error), error.message)
+    except Exception:
+        log.exception("unhandled error in a gRPC call")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    raise AssertionError("context.abort returned")
+
+
+class RerankerService(pb_grpc.RerankerServiceServicer):
+    def __init__(self, ranker: Ranker, meta: Meta) -> None:
+        self._ranker = ranker
+        self._meta = meta
+
+    async def Rank(self, request: pb.RankRequest, context: Context) -> pb.RankResponse:
+        return await _answer(context, self._rank(request, _metadata(context)))
+
+    async def Rerank(self, request: pb.RerankRequest, context: Context) -> pb.RerankResponse:
+        return await _answer(context, self._rerank(request, _metadata(context)))
+
+    async def GetMeta(self, request: pb.GetMetaRequest, context: Context) -> pb.GetMetaResponse:
+        return pb.GetMetaResponse(**self._meta.as_dict())
+
+    async def _rank(self, request: pb.RankRequest, metadata: dict[str, str]) -> pb.RankResponse:
+        top_n = _top_n(request)
+        check_top_n(top_n)
+        ranking = await self._ranker.rank(
+            request.query, list(request.documents), options_from_proto(request.options, metadata)
+        )
+        return pb.RankResponse(
+            results=[
+                pb.RankedDocument(index=index, score=ranking.scores[index])
+                for index in ranking.order(top_n)
+            ],
+            model=ranking.model,
+            usage=usage_to_proto(ranking.usage),
+        )
+
+    async def _rerank(
+        self, request: pb.RerankRequest, metadata: dict[str, str]
+    ) -> pb.RerankResponse:
+        result = await rerank_hits(
+            self._ranker,
+            [hit_from_proto(hit) for hit in request.hits],
+            properties=list(request.properties),
+            query=request.query,
+            options=options_from_proto(request.options, metadata),
+            collection=collection_options(struct_to_dict(request.module_config)),
+            top_n=_top_n(request),
+        )
+        reranked = []
+        for entry in result.hits:
+            message = pb.RerankedHit(
+                hit=request.hits[entry.position], original_position=entry.position
+            )
+            if entry.rerank_score is not None:
+                message.rerank_score = entry.rerank_score
+            reranked.append(message)
+        return pb.RerankResponse(
+            hits=reranked, model=result.model, usage=usage_to_proto(result.usage)
+        )

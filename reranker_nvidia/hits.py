@@ -1,0 +1,118 @@
+"""Reranking search hits: the text each hit is ranked by, and the order they come back in."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from reranker_nvidia.errors import invalid_argument
+from reranker_nvidia.ranker import Ranker, RankOptions, check_top_n
+from reranker_nvidia.upstream import Usage
+
+MODULE_CONFIG_KEY = "reranker-nvidia"
+PROPERTY_SEPARATOR = "\n"
+
+
+class SearchType(enum.Enum):
+    UNSPECIFIED = "unspecified"
+    VECTOR = "vector"
+    KEYWORD = "keyword"
+    HYBRID = "hybrid"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result as the search produced it; the reranker never alters these fields."""
+
+    id: str
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    score: float | None = None
+    distance: float | None = None
+    search_type: SearchType = SearchType.UNSPECIFIED
+
+
+@dataclass(frozen=True)
+class RerankedHit:
+    hit: Hit
+    position: int
+    """Where the hit stood in the request."""
+    rerank_score: float | None
+    """``None`` when the hit had no text to rank by; such hits come last."""
+
+
+@dataclass(frozen=True)
+class RerankedHits:
+    hits: list[RerankedHit]
+    model: str
+    usage: Usage
+
+
+def hit_text(hit: Hit, properties: Sequence[str]) -> str:
+    """The text a hit is ranked by: its string (or string-array) properties, joined.
+
+    Properties that are missing, not text, or blank contribute nothing.
+    """
+    parts: list[str] = []
+    for name in properties:
+        value = hit.properties.get(name)
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, (list, tuple)):
+            parts.extend(item for item in value if isinstance(item, str))
+    return PROPERTY_SEPARATOR.join(part for part in parts if part.strip())
+
+
+def collection_options(module_config: Mapping[str, Any] | None) -> RankOptions:
+    """Options from a collection's module config.
+
+    Accepts what weaviate-client emits, ``{"reranker-nvidia": {"model": ..., "baseURL": ...}}``,
+    or the inner object alone.
+    """
+    if not module_config:
+        return RankOptions()
+    config = module_config.get(MODULE_CONFIG_KEY, module_config)
+    if not isinstance(config, Mapping):
+        raise invalid_argument(f"module_config.{MODULE_CONFIG_KEY} must be an object")
+    model = config.get("model")
+    base_url = config.get("baseURL", config.get("base_url"))
+    for name, value in (("model", model), ("baseURL", base_url)):
+        if value is not None and not isinstance(value, str):
+            raise invalid_argument(f"module_config.{MODULE_CONFIG_KEY}.{name} must be a string")
+    return RankOptions(model=model, base_url=base_url)
+
+
+async def rerank_hits(
+    ranker: Ranker,
+    hits: Sequence[Hit],
+    *,
+    properties: Sequence[str],
+    query: str,
+    options: RankOptions = RankOptions(),
+    collection: RankOptions = RankOptions(),
+    top_n: int | None = None,
+) -> RerankedHits:
+    """Hits sorted by rerank score, best first, then the hits with no text in their old order.
+
+    Request ``options`` win over the ``collection``'s, which win over the server's settings.
+    """
+    if not [name for name in properties if name.strip()]:
+        raise invalid_argument("properties must name at least one property to rerank by")
+    check_top_n(top_n)
+    texts = [hit_text(hit, properties) for hit in hits]
+    ranked_positions = [position for position, text in enumerate(texts) if text]
+    ranking = await ranker.rank(
+        query, [texts[position] for position in ranked_positions], options.over(collection)
+    )
+    scored = [
+        RerankedHit(hits[ranked_positions[i]], ranked_positions[i], ranking.scores[i])
+        for i in ranking.order()
+    ]
+    unscored = [
+        RerankedHit(hit, position, None) for position, hit in enumerate(hits) if not texts[position]
+    ]
+    result = scored + unscored
+    return RerankedHits(
+        result if top_n is None else result[:top_n], ranking.model, ranking.usage
+    )

@@ -1,0 +1,76 @@
+"""What the HTTP surfaces share: per-request options from headers, and error plumbing.
+
+Each surface renders errors in its own shape: a surface's router uses ``shaped_errors(render)`` as its route class; validation failures and
+``RerankError`` from the core then reach ``render`` instead of FastAPI's defaults, so a
+Weaviate client gets ``{"error": ...}`` and a NIM client ``{"detail": ...}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+
+from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
+from reranker_nvidia.ranker import RankOptions
+
+log = logging.getLogger("reranker_nvidia.http")
+
+ErrorRenderer = Callable[[RerankError], Response]
+
+API_KEY_HEADER = "X-Nvidia-Api-Key"
+BASE_URL_HEADER = "X-Nvidia-Baseurl"
+
+
+def header_options(request: Request) -> RankOptions:
+    """The per-request key and base URL a caller sent as headers, as Weaviate names them."""
+    return RankOptions(
+        api_key=request.headers.get(API_KEY_HEADER),
+        base_url=request.headers.get(BASE_URL_HEADER),
+    )
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """``field.path: what is wrong`` for each problem pydantic found in a request body."""
+    problems = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+        where = ".".join(loc) or "body"
+        if error.get("type") == "json_invalid":
+            problems.append("body: not valid JSON")
+        elif not loc and error.get("type") in ("model_attributes_type", "dict_type"):
+            problems.append("body: must be a JSON object sent with Content-Type: application/json")
+        else:
+            problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(problems) or "invalid request body"
+
+
+def shaped_errors(render: ErrorRenderer) -> type[APIRoute]:
+    class ShapedErrorRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+            handler = super().get_route_handler()
+
+            async def handle(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except RequestValidationError as exc:
+                    return render(invalid_argument(validation_message(exc.errors())))
+                except RerankError as exc:
+                    return render(exc)
+                except Exception:
+                    log.exception("unhandled error on %s %s", request.method, request.url.path)
+                    return render(RerankError(ErrorCode.INTERNAL, "internal error"))
+
+            return handle
+
+    return ShapedErrorRoute
+
+
+def retry_headers(error: RerankError) -> dict[str, str]:
+    if error.retry_after_s is None:
+        return {}
+    return {"Retry-After": str(max(1, round(error.retry_after_s)))}

@@ -1,0 +1,96 @@
+"""Weaviate's reranker sidecar contract (the ``reranker-transformers`` module's API).
+
+Weaviate calls ``GET /.well-known/ready`` until it answers 2xx, then ``POST /rerank`` with
+chunks of 32 documents, several in parallel, and assigns scores by position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from reranker_nvidia.errors import RerankError, invalid_argument
+from reranker_nvidia.http_common import header_options, retry_headers, shaped_errors
+from reranker_nvidia.meta import Meta
+from reranker_nvidia.ranker import Ranker
+
+
+class WeaviateRerankRequest(BaseModel):
+    """Batch mode sends ``documents``; the legacy single mode sends one text as ``property``."""
+
+    query: str = Field(examples=["which way should i go?"])
+    documents: list[str] | None = Field(default=None, examples=[["turn left", "go north"]])
+    property: str | None = Field(default=None, examples=[""])
+
+
+class DocumentScore(BaseModel):
+    document: str
+    score: float
+
+
+class WeaviateRerankResponse(BaseModel):
+    query: str
+    scores: list[DocumentScore] | None = None
+    property: str | None = None
+    score: float | None = None
+
+
+class WeaviateError(BaseModel):
+    error: str
+
+
+def render_error(error: RerankError) -> Response:
+    return JSONResponse(
+        {"error": error.message}, status_code=error.http_status, headers=retry_headers(error)
+    )
+
+
+def weaviate_router(ranker: Ranker, meta: Meta, is_ready: Callable[[], bool]) -> APIRouter:
+    router = APIRouter(tags=["Weaviate sidecar"], route_class=shaped_errors(render_error))
+
+    @router.get("/.well-known/live", status_code=204, summary="Liveness")
+    async def live() -> Response:
+        return Response(status_code=204)
+
+    @router.get(
+        "/.well-known/ready",
+        status_code=204,
+        summary="Readiness: 204 once serving, 503 otherwise",
+        responses={503: {"description": "Not ready"}},
+    )
+    async def ready() -> Response:
+        return Response(status_code=204 if is_ready() else 503)
+
+    @router.get("/meta", summary="What this sidecar is and how it is configured (never the key)")
+    async def get_meta() -> dict[str, object]:
+        return meta.as_dict()
+
+    @router.post(
+        "/rerank",
+        response_model=WeaviateRerankResponse,
+        response_model_exclude_none=False,
+        summary="Score documents (batch) or one text (single) against a query",
+        responses={400: {"model": WeaviateError}, 502: {"model": WeaviateError}},
+    )
+    async def rerank(body: WeaviateRerankRequest, request: Request) -> WeaviateRerankResponse:
+        options = header_options(request)
+        if body.documents is not None:
+            ranking = await ranker.rank(body.query, body.documents, options)
+            return WeaviateRerankResponse(
+                query=body.query,
+                scores=[
+                    DocumentScore(document=document, score=score)
+                    for document, score in zip(body.documents, ranking.scores, strict=True)
+                ],
+            )
+        if body.property is None:
+            raise invalid_argument("documents: required (or property, for a single text)")
+        ranking = await ranker.rank(body.query, [body.property], options)
+        return WeaviateRerankResponse(
+            query=body.query, property=body.property, score=ranking.scores[0]
+        )
+
+    return router

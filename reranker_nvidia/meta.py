@@ -1,0 +1,42 @@
+"""What the sidecar says about itself (``GET /meta``, gRPC ``GetMeta``): never a key."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from reranker_nvidia import __version__
+from reranker_nvidia.endpoints import normalise_model, resolve_endpoint
+from reranker_nvidia.settings import Settings
+from reranker_nvidia.upstream import redact_url
+
+NAME = "reranker-nvidia"
+
+
+@dataclass(frozen=True)
+class Meta:
+    name: str
+    version: str
+    model: str
+    base_url: str
+    endpoint: str
+    max_passages_per_call: int
+    max_documents: int
+    server_key_configured: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe(settings: Settings) -> Meta:
+    model = normalise_model(settings.model)
+    return Meta(
+        name=NAME,
+        version=__version__,
+        model=model,
+        base_url=redact_url(settings.base_url),
+        endpoint=redact_url(resolve_endpoint(settings.base_url, model)),
+        max_passages_per_call=settings.max_passages_per_call,
+        max_documents=settings.max_documents,
+        server_key_configured=settings.api_key is not None,
+    )

@@ -1,0 +1,73 @@
+"""Process configuration, read once at start-up from the environment (and CLI overrides)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "nvidia/rerank-qa-mistral-4b"
+HOSTED_BASE_URL = "https://ai.api.nvidia.com"
+NIM_MAX_PASSAGES_PER_CALL = 512
+
+Truncate = Literal["NONE", "END"]
+
+
+class Settings(BaseSettings):
+    """Everything the sidecar reads from its environment.
+
+    Every field but the key is read from ``RERANKER_<FIELD>``; the key is read from
+    ``NVIDIA_APIKEY``, ``NVIDIA_API_KEY`` or ``NVIDIA_NIM_API_KEY``, first found wins. The key is
+    a ``SecretStr`` so that no repr, log line or error message can show it by accident.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RERANKER_",
+        populate_by_name=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("NVIDIA_APIKEY", "NVIDIA_API_KEY", "NVIDIA_NIM_API_KEY"),
+    )
+    base_url: str = HOSTED_BASE_URL
+    model: str = DEFAULT_MODEL
+    truncate: Truncate | None = None
+    host: str = "0.0.0.0"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    max_passages_per_call: int = Field(default=NIM_MAX_PASSAGES_PER_CALL, ge=1)
+    max_documents: int = Field(default=10_000, ge=1)
+    upstream_concurrency: int = Field(default=16, ge=1)
+    upstream_timeout_s: float = Field(default=30.0, gt=0)
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_no_key(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("truncate", mode="before")
+    @classmethod
+    def _normalise_truncate(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().upper()
+            return value or None
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_is_http(cls, value: str) -> str:
+        value = value.strip()
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("RERANKER_BASE_URL must start with http:// or https://")
+        return value
+
+    def server_key(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key is not None else None

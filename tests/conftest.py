@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from reranker_nvidia.server import SidecarServer
+from tests.support import BackgroundLoop, Emulator, Sidecar, start_emulator, sidecar_settings
+
+SidecarFactory = Callable[..., Sidecar]
+
+
+@pytest.fixture(autouse=True)
+def _no_key_from_the_developer_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NVIDIA_APIKEY", "NVIDIA_API_KEY", "NVIDIA_NIM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("RERANKER_BASE_URL", "RERANKER_MODEL", "RERANKER_TRUNCATE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def background() -> Iterator[BackgroundLoop]:
+    loop = BackgroundLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def _emulator(background: BackgroundLoop) -> Iterator[Emulator]:
+    emulator = start_emulator(background)
+    yield emulator
+    background.run(emulator.server.stop())
+
+
+@pytest.fixture
+def emulator(_emulator: Emulator) -> Iterator[Emulator]:
+    _emulator.state.reset()
+    yield _emulator
+    _emulator.state.reset()
+
+
+@pytest.fixture
+def make_sidecar(background: BackgroundLoop, emulator: Emulator) -> Iterator[SidecarFactory]:
+    started: list[SidecarServer] = []
+
+    def make(**overrides: Any) -> Sidecar:
+        server = SidecarServer(sidecar_settings(emulator.url, **overrides))
+        background.run(server.start())
+        started.append(server)
+        return Sidecar(server)
+
+    yield make
+    for server in started:
+        background.run(server.stop(grace_s=1))
+
+
+@pytest.fixture
+def sidecar(make_sidecar: SidecarFactory) -> Sidecar:
+    return make_sidecar()

@@ -1,0 +1,82 @@
+"""Real servers on loopback for the tests, hosted on an event loop in a background thread.
+
+Running servers off the test's own thread lets blocking clients (the sync gRPC client, the
+CLI) and async clients (in the test's loop) talk to them alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from reranker_nvidia.asgi_server import AsgiServer
+from reranker_nvidia.emulator import EmulatorState, create_emulator_app
+from reranker_nvidia.server import SidecarServer
+from reranker_nvidia.settings import Settings
+
+T = TypeVar("T")
+
+SERVER_KEY = "nvapi-server-key-0123456789"
+REQUEST_KEY = "nvapi-request-key-9876543210"
+
+
+class BackgroundLoop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+@dataclass
+class Emulator:
+    state: EmulatorState
+    server: AsgiServer
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+
+@dataclass
+class Sidecar:
+    server: SidecarServer
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.server.grpc_port}"
+
+
+def start_emulator(background: BackgroundLoop) -> Emulator:
+    state = EmulatorState()
+    server = AsgiServer(create_emulator_app(state), "127.0.0.1", 0)
+    background.run(server.start())
+    return Emulator(state, server)
+
+
+def sidecar_settings(upstream_url: str, **overrides: Any) -> Settings:
+    """Settings for a sidecar on ephemeral loopback ports; nothing read from the environment
+    can change them, since every field a test relies on is passed explicitly."""
+    values: dict[str, Any] = {
+        "api_key": SERVER_KEY,
+        "base_url": upstream_url,
+        "host": "127.0.0.1",
+        "http_port": 0,
+        "grpc_port": 0,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings(**values)
