@@ -26,13 +26,17 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
-        "serve", help="run the sidecar (gRPC and HTTP in one process)", description=(
+        "serve",
+        help="run the sidecar (gRPC and HTTP in one process)",
+        description=(
             "Run the sidecar. Settings come from RERANKER_* and NVIDIA_APIKEY; flags win."
-        )
+        ),
     )
     serve.add_argument("--host", help="address to listen on (RERANKER_HOST, default 0.0.0.0)")
     serve.add_argument("--http-port", type=int, help="HTTP port (RERANKER_HTTP_PORT, default 8080)")
-    serve.add_argument("--grpc-port", type=int, help="gRPC port (RERANKER_GRPC_PORT, default 50051)")
+    serve.add_argument(
+        "--grpc-port", type=int, help="gRPC port (RERANKER_GRPC_PORT, default 50051)"
+    )
 
     rank = commands.add_parser("rank", help="rank documents through a running sidecar (gRPC)")
     rank.add_argument("--target", default="localhost:50051", help="sidecar gRPC HOST:PORT")
@@ -115,7 +119,9 @@ def _emulate(args: argparse.Namespace) -> int:
     from reranker_nvidia.asgi_server import AsgiServer
     from reranker_nvidia.emulator import EmulatorState, create_emulator_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     state = EmulatorState(api_key=args.api_key, delay_s=args.delay_ms / 1000)
 
     async def run() -> None:

@@ -54,13 +54,13 @@ class _Requests:
         self._api_key = api_key
         self._base_url = base_url
 
-    def metadata(self, api_key: str | None, base_url: str | None) -> list[tuple[str, str]]:
-        pairs = []
+    def metadata(self, api_key: str | None, base_url: str | None) -> tuple[tuple[str, str], ...]:
+        pairs: list[tuple[str, str]] = []
         if key := api_key or self._api_key:
             pairs.append((API_KEY_METADATA, key))
         if url := base_url or self._base_url:
             pairs.append((BASE_URL_METADATA, url))
-        return pairs
+        return tuple(pairs)
 
     @staticmethod
     def rank(
@@ -287,7 +287,7 @@ class AsyncRerankerClient:
         return _Requests.meta(response)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncRerankerClient:
         return self

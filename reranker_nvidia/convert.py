@@ -21,7 +21,7 @@ from reranker_nvidia.v1 import reranker_service_pb2 as pb
 API_KEY_METADATA = "x-nvidia-api-key"
 BASE_URL_METADATA = "x-nvidia-baseurl"
 
-_TRUNCATE_FROM_PROTO: dict[int, str | None] = {
+_TRUNCATE_FROM_PROTO: dict[pb.Truncate.ValueType, str | None] = {
     pb.TRUNCATE_UNSPECIFIED: None,
     pb.TRUNCATE_NONE: "NONE",
     pb.TRUNCATE_END: "END",
@@ -50,7 +50,9 @@ def options_from_proto(message: pb.RankOptions, metadata: Mapping[str, str]) -> 
     )
 
 
-def options_to_proto(model: str | None, base_url: str | None, truncate: str | None) -> pb.RankOptions:
+def options_to_proto(
+    model: str | None, base_url: str | None, truncate: str | None
+) -> pb.RankOptions:
     if truncate is not None and truncate.upper() not in ("NONE", "END"):
         raise RerankError(
             ErrorCode.INVALID_ARGUMENT, f"truncate must be NONE or END, got {truncate!r}"

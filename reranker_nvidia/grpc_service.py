@@ -31,9 +31,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 def _metadata(context: Context) -> dict[str, str]:
     return {
-        key: value
-        for key, value in (context.invocation_metadata() or ())
-        if isinstance(value, str)
+        key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
     }
 
 

@@ -113,6 +113,4 @@ async def rerank_hits(
         RerankedHit(hit, position, None) for position, hit in enumerate(hits) if not texts[position]
     ]
     result = scored + unscored
-    return RerankedHits(
-        result if top_n is None else result[:top_n], ranking.model, ranking.usage
-    )
+    return RerankedHits(result if top_n is None else result[:top_n], ranking.model, ranking.usage)

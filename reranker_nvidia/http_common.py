@@ -1,6 +1,7 @@
 """What the HTTP surfaces share: per-request options from headers, and error plumbing.
 
-Each surface renders errors in its own shape: a surface's router uses ``shaped_errors(render)`` as its route class; validation failures and
+Each surface renders errors in its own shape: its router uses ``shaped_errors(render)`` as
+its route class; validation failures and
 ``RerankError`` from the core then reach ``render`` instead of FastAPI's defaults, so a
 Weaviate client gets ``{"error": ...}`` and a NIM client ``{"detail": ...}``.
 """
@@ -8,7 +9,7 @@ Weaviate client gets ``{"error": ...}`` and a NIM client ``{"detail": ...}``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import Request, Response
@@ -51,7 +52,7 @@ def validation_message(errors: Sequence[Any]) -> str:
 
 def shaped_errors(render: ErrorRenderer) -> type[APIRoute]:
     class ShapedErrorRoute(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
             async def handle(request: Request) -> Response:

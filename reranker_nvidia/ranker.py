@@ -61,7 +61,7 @@ class Ranking:
 
     scores: list[float]
     model: str
-    usage: Usage = Usage()
+    usage: Usage = field(default_factory=Usage)
 
     def order(self, top_n: int | None = None) -> list[int]:
         """Document indices best first; ties keep input order."""
@@ -98,7 +98,9 @@ class Ranker:
         chosen = _cleaned(options).over(self._defaults)
         base_url = chosen.base_url or self.settings.base_url
         if not base_url.startswith(("http://", "https://")):
-            raise invalid_argument(f"base_url must start with http:// or https://, got {base_url!r}")
+            raise invalid_argument(
+                f"base_url must start with http:// or https://, got {base_url!r}"
+            )
         truncate = chosen.truncate.upper() if chosen.truncate else None
         if truncate is not None and truncate not in TRUNCATE_VALUES:
             raise invalid_argument(f"truncate must be NONE or END, got {chosen.truncate!r}")

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 
-import grpc
+from grpc import aio as grpc_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -37,8 +37,9 @@ class SidecarServer:
             settings.http_port,
             log_level=settings.log_level,
         )
-        self._grpc: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._grpc: grpc_aio.Server | None = None
+        # grpc_health-stubs predate the public `health.aio` module.
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc_port = 0
 
     @property
@@ -47,7 +48,7 @@ class SidecarServer:
 
     async def start(self) -> None:
         # A grpc.aio server belongs to the loop it is created in: create it in the serving loop.
-        self._grpc = grpc_server = grpc.aio.server()
+        self._grpc = grpc_server = grpc_aio.server()
         pb_grpc.add_RerankerServiceServicer_to_server(
             RerankerService(self.ranker, describe(self.settings)), grpc_server
         )

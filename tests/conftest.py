@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from reranker_nvidia.server import SidecarServer
-from tests.support import BackgroundLoop, Emulator, Sidecar, start_emulator, sidecar_settings
+from tests.support import BackgroundLoop, Emulator, Sidecar, sidecar_settings, start_emulator
 
 SidecarFactory = Callable[..., Sidecar]
 

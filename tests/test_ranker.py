@@ -15,7 +15,7 @@ from reranker_nvidia.ranker import NO_KEY_MESSAGE, Ranker, RankOptions
 from tests.support import REQUEST_KEY, SERVER_KEY, Emulator, sidecar_settings
 
 QUERY = "how do reranking models order passages"
-WORDS = "rerank model passage order query score vector keyword hybrid search index token".split()
+WORDS = ["rerank", "model", "passage", "order", "query", "score", "vector", "keyword"]
 
 RankerFactory = Callable[..., Ranker]
 
@@ -124,17 +124,37 @@ async def test_upstream_key_rejection_is_permission_denied(
 @pytest.mark.parametrize(
     ("fault", "code", "status", "says"),
     [
-        (Fault(402, {"detail": "Account credits exhausted"}), ErrorCode.FAILED_PRECONDITION,
-         402, "Account credits exhausted"),
-        (Fault(403, {"detail": "Forbidden model"}), ErrorCode.PERMISSION_DENIED, 403,
-         "Forbidden model"),
-        (Fault(422, {"detail": [{"msg": "bad passages", "loc": ["body"]}]}),
-         ErrorCode.INVALID_ARGUMENT, 422, "bad passages"),
-        (Fault(429, {"detail": "Too many requests"}, headers={"Retry-After": "3"}),
-         ErrorCode.RESOURCE_EXHAUSTED, 429, "Too many requests"),
+        (
+            Fault(402, {"detail": "Account credits exhausted"}),
+            ErrorCode.FAILED_PRECONDITION,
+            402,
+            "Account credits exhausted",
+        ),
+        (
+            Fault(403, {"detail": "Forbidden model"}),
+            ErrorCode.PERMISSION_DENIED,
+            403,
+            "Forbidden model",
+        ),
+        (
+            Fault(422, {"detail": [{"msg": "bad passages", "loc": ["body"]}]}),
+            ErrorCode.INVALID_ARGUMENT,
+            422,
+            "bad passages",
+        ),
+        (
+            Fault(429, {"detail": "Too many requests"}, headers={"Retry-After": "3"}),
+            ErrorCode.RESOURCE_EXHAUSTED,
+            429,
+            "Too many requests",
+        ),
         (Fault(500, {"detail": "boom"}), ErrorCode.UNAVAILABLE, 502, "answered 500: boom"),
-        (Fault(503, raw=b"<html>Service Unavailable</html>"), ErrorCode.UNAVAILABLE, 502,
-         "<html>Service Unavailable</html>"),
+        (
+            Fault(503, raw=b"<html>Service Unavailable</html>"),
+            ErrorCode.UNAVAILABLE,
+            502,
+            "<html>Service Unavailable</html>",
+        ),
     ],
 )
 async def test_upstream_errors_carry_nims_detail(
