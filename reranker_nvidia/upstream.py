@@ -60,7 +60,6 @@ class NimClient:
             headers={"User-Agent": f"reranker-nvidia/{__version__}", "Accept": "application/json"},
             transport=transport,
             follow_redirects=False,
-            trust_env=False,
         )
 
     async def aclose(self) -> None:
