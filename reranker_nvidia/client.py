@@ -30,6 +30,9 @@ from reranker_nvidia.upstream import Usage
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 
+# Rerank answers carry the hits back; allow answers as large as the server accepts requests.
+CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 64 * 1024 * 1024),)
+
 
 @dataclass(frozen=True)
 class ScoredDocument:
@@ -148,7 +151,9 @@ class RerankerClient:
         timeout_s: float | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
-        self._channel = channel if channel is not None else grpc.insecure_channel(target)
+        self._channel = (
+            channel if channel is not None else grpc.insecure_channel(target, CHANNEL_OPTIONS)
+        )
         self._stub = pb_grpc.RerankerServiceStub(self._channel)
         self._requests = _Requests(api_key, base_url)
         self._timeout_s = timeout_s
@@ -228,7 +233,9 @@ class AsyncRerankerClient:
         timeout_s: float | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
-        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target)
+        self._channel = (
+            channel if channel is not None else grpc.aio.insecure_channel(target, CHANNEL_OPTIONS)
+        )
         self._stub = pb_grpc.RerankerServiceStub(self._channel)
         self._requests = _Requests(api_key, base_url)
         self._timeout_s = timeout_s

@@ -18,7 +18,7 @@ from reranker_nvidia.convert import (
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.hits import collection_options, rerank_hits
 from reranker_nvidia.meta import Meta
-from reranker_nvidia.ranker import Ranker, check_top_n
+from reranker_nvidia.ranker import Ranker
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 
@@ -66,15 +66,16 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
         return pb.GetMetaResponse(**self._meta.as_dict())
 
     async def _rank(self, request: pb.RankRequest, metadata: dict[str, str]) -> pb.RankResponse:
-        top_n = _top_n(request)
-        check_top_n(top_n)
         ranking = await self._ranker.rank(
-            request.query, list(request.documents), options_from_proto(request.options, metadata)
+            request.query,
+            list(request.documents),
+            options_from_proto(request.options, metadata),
+            top_n=_top_n(request),
         )
         return pb.RankResponse(
             results=[
                 pb.RankedDocument(index=index, score=ranking.scores[index])
-                for index in ranking.order(top_n)
+                for index in ranking.order()
             ],
             model=ranking.model,
             usage=usage_to_proto(ranking.usage),

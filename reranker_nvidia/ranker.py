@@ -62,11 +62,12 @@ class Ranking:
     scores: list[float]
     model: str
     usage: Usage = field(default_factory=Usage)
+    top_n: int | None = None
 
-    def order(self, top_n: int | None = None) -> list[int]:
-        """Document indices best first; ties keep input order."""
+    def order(self) -> list[int]:
+        """Document indices best first, at most ``top_n``; ties keep input order."""
         best_first = sorted(range(len(self.scores)), key=lambda i: -self.scores[i])
-        return best_first if top_n is None else best_first[:top_n]
+        return best_first if self.top_n is None else best_first[: self.top_n]
 
 
 class Ranker:
@@ -110,13 +111,22 @@ class Ranker:
         return Target(resolve_endpoint(base_url, model), model, truncate, chosen.api_key)
 
     async def rank(
-        self, query: str, documents: Sequence[str], options: RankOptions = RankOptions()
+        self,
+        query: str,
+        documents: Sequence[str],
+        options: RankOptions = RankOptions(),
+        *,
+        top_n: int | None = None,
     ) -> Ranking:
-        """One score per document, in input order; chunks above the per-call passage limit."""
+        """One score per document, in input order; chunks above the per-call passage limit.
+
+        ``top_n`` limits ``Ranking.order()``; every document is still scored.
+        """
         self.check_request(query, len(documents))
+        check_top_n(top_n)
         target = self.resolve(options)
         if not documents:
-            return Ranking([], target.model)
+            return Ranking([], target.model, top_n=top_n)
         size = self.settings.max_passages_per_call
         starts = range(0, len(documents), size)
         answers = await _all_or_none(
@@ -127,7 +137,7 @@ class Ranker:
         for answer in answers:
             scores.extend(answer.logits)
             usage += answer.usage
-        return Ranking(scores, target.model, usage)
+        return Ranking(scores, target.model, usage, top_n)
 
     def check_request(self, query: str, document_count: int) -> None:
         if not query.strip():

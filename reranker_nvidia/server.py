@@ -48,7 +48,9 @@ class SidecarServer:
 
     async def start(self) -> None:
         # A grpc.aio server belongs to the loop it is created in: create it in the serving loop.
-        self._grpc = grpc_server = grpc_aio.server()
+        self._grpc = grpc_server = grpc_aio.server(
+            options=[("grpc.max_receive_message_length", self.settings.max_body_bytes)]
+        )
         pb_grpc.add_RerankerServiceServicer_to_server(
             RerankerService(self.ranker, describe(self.settings)), grpc_server
         )

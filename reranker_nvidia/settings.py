@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     max_passages_per_call: int = Field(default=NIM_MAX_PASSAGES_PER_CALL, ge=1)
     max_documents: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     upstream_concurrency: int = Field(default=16, ge=1)
     upstream_timeout_s: float = Field(default=30.0, gt=0)
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)

@@ -61,6 +61,17 @@ def test_rank_returns_documents_best_first(sidecar: Sidecar) -> None:
     assert [doc.index for doc in top.documents] == expected[:2]
 
 
+def test_five_thousand_long_documents_fit_in_one_request(
+    sidecar: Sidecar, emulator: Emulator
+) -> None:
+    documents = [f"document {i} " + "hybrid search text " * 50 for i in range(5000)]
+    assert sum(map(len, documents)) > 4 * 1024 * 1024, "above gRPC's default message limit"
+    with RerankerClient(sidecar.grpc_target) as client:
+        ranked = client.rank(QUERY, documents, truncate="END")
+    assert len(ranked.documents) == 5000
+    assert sorted(call.passages for call in emulator.state.calls) == [392] + [512] * 9
+
+
 def test_rerank_orders_hits_and_keeps_them_whole(sidecar: Sidecar) -> None:
     with RerankerClient(sidecar.grpc_target) as client:
         result = client.rerank(HITS, properties=["body"], query=QUERY)

@@ -71,9 +71,12 @@ async def test_usage_is_summed_over_chunks(make_ranker: RankerFactory) -> None:
 
 async def test_order_is_best_first_and_ties_keep_input_order(make_ranker: RankerFactory) -> None:
     documents = ["nothing here", "order of passages", "also nothing", "order"]
-    ranking = await make_ranker().rank("order passages", documents)
+    ranker = make_ranker()
+    ranking = await ranker.rank("order passages", documents)
     assert ranking.order() == [1, 3, 0, 2]
-    assert ranking.order(top_n=1) == [1]
+    top = await ranker.rank("order passages", documents, top_n=1)
+    assert top.order() == [1]
+    assert top.scores == ranking.scores
 
 
 async def test_request_key_wins_over_server_key_at_the_upstream(
