@@ -31,6 +31,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from reranker_nvidia.nim_schema import NimRanking, NimRankingResponse, NimText, NimUsage
+
 NIM_MAX_PASSAGES = 512
 _TOKEN = re.compile(r"\w+")
 
@@ -53,11 +55,9 @@ def lexical_logit(query_terms: list[str], passage_terms: list[str]) -> float:
     return 6 * coverage + density - 5
 
 
-class NimText(BaseModel):
-    text: str
-
-
 class NimRankingRequest(BaseModel):
+    """What NIM itself accepts: a model is required, and at most 512 passages."""
+
     model: str
     query: NimText
     passages: list[NimText] = Field(min_length=1, max_length=NIM_MAX_PASSAGES)
@@ -181,12 +181,11 @@ def _score(body: NimRankingRequest, max_pair_tokens: int) -> JSONResponse:
         tokens_used += len(query_terms) + len(passage_terms)
         logits.append(lexical_logit(query_terms, passage_terms))
     order = sorted(range(len(logits)), key=lambda i: -logits[i])
-    return JSONResponse(
-        {
-            "rankings": [{"index": i, "logit": logits[i]} for i in order],
-            "usage": {"prompt_tokens": tokens_used, "total_tokens": tokens_used},
-        }
+    answer = NimRankingResponse(
+        rankings=[NimRanking(index=i, logit=logits[i]) for i in order],
+        usage=NimUsage(prompt_tokens=tokens_used, total_tokens=tokens_used),
     )
+    return JSONResponse(answer.model_dump())
 
 
 def _too_long(loc: list[str | int], tokens: int, limit: int) -> JSONResponse:

@@ -28,11 +28,23 @@ BASE_URL_HEADER = "X-Nvidia-Baseurl"
 
 
 def header_options(request: Request) -> RankOptions:
-    """The per-request key and base URL a caller sent as headers, as Weaviate names them."""
+    """The per-request key and base URL a caller sent as headers.
+
+    The key is ``Authorization: Bearer <key>`` (how NIM, Cohere and Weaviate's built-in
+    module send it), else ``X-Nvidia-Api-Key`` (how Weaviate names it on its own API).
+    """
     return RankOptions(
-        api_key=request.headers.get(API_KEY_HEADER),
+        api_key=_bearer_token(request.headers.get("authorization"))
+        or request.headers.get(API_KEY_HEADER),
         base_url=request.headers.get(BASE_URL_HEADER),
     )
+
+
+def _bearer_token(authorization: str | None) -> str | None:
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def validation_message(errors: Sequence[Any]) -> str:

@@ -86,8 +86,10 @@ async def test_request_key_wins_over_server_key_at_the_upstream(
     await ranker.rank(QUERY, ["a"], RankOptions(api_key=REQUEST_KEY))
     await ranker.rank(QUERY, ["a"])
     await ranker.rank(QUERY, ["a"], RankOptions(api_key="  "))
+    await ranker.rank(QUERY, ["a"], RankOptions(api_key="**********"))
     assert [call.authorization for call in emulator.state.calls] == [
         f"Bearer {REQUEST_KEY}",
+        f"Bearer {SERVER_KEY}",
         f"Bearer {SERVER_KEY}",
         f"Bearer {SERVER_KEY}",
     ]

@@ -1,0 +1,116 @@
+"""The Cohere/Jina rerank API (``POST /v1/rerank``, ``/v2/rerank``), the de facto standard
+that LiteLLM's proxy, LibreChat, Dify and vLLM speak."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from reranker_nvidia.errors import RerankError
+from reranker_nvidia.http_common import header_options, retry_headers, shaped_errors
+from reranker_nvidia.ranker import Ranker
+
+# Cohere bills one search unit per query with up to 100 documents.
+DOCUMENTS_PER_SEARCH_UNIT = 100
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "nvidia/llama-3.2-nv-rerankqa-1b-v2",
+                    "query": "which way should i go?",
+                    "documents": ["turn left at the mill", {"text": "go north"}],
+                    "top_n": 1,
+                    "return_documents": True,
+                }
+            ]
+        },
+    )
+
+    model: str | None = Field(default=None, description="NIM model id; default: the server's.")
+    query: str
+    documents: list[str | RerankDocument] = Field(description="Strings or {'text': ...}.")
+    top_n: int | None = Field(default=None, ge=1, description="Return only the best top_n.")
+    return_documents: bool = Field(default=True, description="Echo each document's text.")
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float = Field(description="NIM's logit: unnormalised, may be negative.")
+    document: RerankDocument | None = None
+
+
+class BilledUnits(BaseModel):
+    search_units: int
+
+
+class RerankMeta(BaseModel):
+    billed_units: BilledUnits
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult] = Field(description="Best first, at most top_n.")
+    meta: RerankMeta
+    usage: RerankUsage
+
+
+def render_error(error: RerankError) -> Response:
+    return JSONResponse(
+        {"message": error.message}, status_code=error.http_status, headers=retry_headers(error)
+    )
+
+
+def cohere_router(ranker: Ranker) -> APIRouter:
+    router = APIRouter(tags=["Cohere/Jina rerank API"], route_class=shaped_errors(render_error))
+
+    async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
+        texts = [doc if isinstance(doc, str) else doc.text for doc in body.documents]
+        ranking = await ranker.rank(
+            body.query, texts, replace(header_options(request), model=body.model), top_n=body.top_n
+        )
+        return RerankResponse(
+            id=str(uuid.uuid4()),
+            model=ranking.model,
+            results=[
+                RerankResult(
+                    index=i,
+                    relevance_score=ranking.scores[i],
+                    document=RerankDocument(text=texts[i]) if body.return_documents else None,
+                )
+                for i in ranking.order()
+            ],
+            meta=RerankMeta(
+                billed_units=BilledUnits(
+                    search_units=max(1, -(-len(texts) // DOCUMENTS_PER_SEARCH_UNIT))
+                )
+            ),
+            usage=RerankUsage(total_tokens=ranking.usage.total_tokens),
+        )
+
+    for path in ("/v1/rerank", "/v2/rerank"):
+        router.add_api_route(
+            path,
+            rerank,
+            methods=["POST"],
+            response_model=RerankResponse,
+            response_model_exclude_none=True,
+            summary=f"Rerank documents (Cohere/Jina shape, {path.split('/')[1]})",
+        )
+    return router

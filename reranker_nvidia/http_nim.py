@@ -1,0 +1,133 @@
+"""NVIDIA NIM's ranking API, served by the sidecar, so NIM clients need only a new base URL.
+
+Weaviate's built-in ``reranker-nvidia`` module posts to ``/v1/retrieval/nvidia/reranking``;
+LangChain and LlamaIndex post to ``{base_url}/ranking`` and list ``{base_url}/models``;
+LiteLLM posts to ``/v1/retrieval/{model}/reranking``. Unlike NIM, any number of passages is
+accepted: the core splits them into calls of at most 512.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from reranker_nvidia.endpoints import normalise_model
+from reranker_nvidia.errors import ErrorCode, RerankError
+from reranker_nvidia.http_common import header_options, retry_headers, shaped_errors
+from reranker_nvidia.nim_schema import NimRanking, NimRankingResponse, NimText, NimUsage
+from reranker_nvidia.ranker import Ranker
+
+# Hosted NIM's path for its first reranking model carries no model segment.
+LEGACY_PATH_SEGMENT = "nvidia"
+
+
+class NimRankingRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "nvidia/llama-3.2-nv-rerankqa-1b-v2",
+                    "query": {"text": "which way should i go?"},
+                    "passages": [{"text": "turn left at the mill"}, {"text": "go north"}],
+                    "truncate": "END",
+                }
+            ]
+        },
+    )
+
+    model: str | None = Field(
+        default=None, description="Model id; else the one in the path; else the default."
+    )
+    query: NimText
+    passages: list[NimText] = Field(description="Any number: sent to NIM in chunks of 512.")
+    truncate: Literal["NONE", "END"] | None = None
+    top_k: int | None = Field(default=None, ge=1, description="Return only the best top_k.")
+    top_n: int | None = Field(default=None, ge=1, description="Same as top_k.")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str
+    root: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+NO_KEY_HINT = "; on this route send the key as Authorization: Bearer <key>"
+
+
+def render_error(error: RerankError) -> Response:
+    """NIM's error shapes: ``{"detail": [{"msg": ...}]}`` for 422, ``{"detail": "..."}`` else."""
+    status = error.upstream_status or error.http_status
+    if error.code is ErrorCode.INVALID_ARGUMENT:
+        status = 422 if status == 400 else status
+    if status == 422:
+        body: object = {"detail": [{"type": "value_error", "loc": ["body"], "msg": error.message}]}
+    elif error.code is ErrorCode.UNAUTHENTICATED:
+        body = {"detail": error.message + NO_KEY_HINT}
+    else:
+        body = {"detail": error.message}
+    return JSONResponse(body, status_code=status, headers=retry_headers(error))
+
+
+def nim_router(ranker: Ranker) -> APIRouter:
+    router = APIRouter(tags=["NVIDIA NIM ranking API"], route_class=shaped_errors(render_error))
+    default_model = normalise_model(ranker.settings.model)
+
+    async def rank(
+        body: NimRankingRequest, request: Request, path_model: str | None
+    ) -> NimRankingResponse:
+        options = replace(
+            header_options(request), model=body.model or path_model, truncate=body.truncate
+        )
+        ranking = await ranker.rank(
+            body.query.text,
+            [passage.text for passage in body.passages],
+            options,
+            top_n=body.top_k if body.top_k is not None else body.top_n,
+        )
+        return NimRankingResponse(
+            rankings=[NimRanking(index=i, logit=ranking.scores[i]) for i in ranking.order()],
+            usage=NimUsage(
+                prompt_tokens=ranking.usage.prompt_tokens, total_tokens=ranking.usage.total_tokens
+            ),
+        )
+
+    @router.post("/v1/ranking", summary="Rank passages (self-hosted NIM's path)")
+    async def ranking(body: NimRankingRequest, request: Request) -> NimRankingResponse:
+        return await rank(body, request, None)
+
+    @router.post(
+        "/v1/retrieval/{segment}/reranking",
+        summary="Rank passages (hosted NIM's path; also /v1/retrieval/{model}/reranking)",
+    )
+    async def retrieval(
+        segment: str, body: NimRankingRequest, request: Request
+    ) -> NimRankingResponse:
+        return await rank(body, request, None if segment == LEGACY_PATH_SEGMENT else segment)
+
+    @router.post(
+        "/v1/retrieval/{org}/{model}/reranking",
+        summary="Rank passages with the model named in the path (hosted NIM's per-model path)",
+    )
+    async def retrieval_model(
+        org: str, model: str, body: NimRankingRequest, request: Request
+    ) -> NimRankingResponse:
+        return await rank(body, request, f"{org}/{model}")
+
+    @router.get("/v1/models", summary="The model this sidecar serves by default (OpenAI-style)")
+    async def models() -> ModelList:
+        owner = default_model.split("/", 1)[0] if "/" in default_model else "nvidia"
+        return ModelList(data=[ModelCard(id=default_model, owned_by=owner, root=default_model)])
+
+    return router

@@ -1,0 +1,27 @@
+"""NIM's ranking API on the wire: the shapes the NIM emulator serves and the sidecar's
+NIM-compatible routes accept and answer."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class NimText(BaseModel):
+    text: str
+
+
+class NimRanking(BaseModel):
+    index: int
+    logit: float
+
+
+class NimUsage(BaseModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class NimRankingResponse(BaseModel):
+    """Rankings sorted by logit, descending; ``index`` points into the request's passages."""
+
+    rankings: list[NimRanking]
+    usage: NimUsage = Field(default_factory=NimUsage)

@@ -1,0 +1,91 @@
+"""The clients people install from PyPI, pointed at the sidecar by base URL alone."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Keep both libraries off the network: LiteLLM's model cost map and LangChain's telemetry.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ["NVIDIA_USAGE_TELEMETRY_ENABLED"] = "false"
+
+import litellm
+from langchain_core.documents import Document
+from langchain_nvidia_ai_endpoints import NVIDIARerank
+
+from reranker_nvidia.emulator import lexical_logit, terms
+from tests.support import REQUEST_KEY, SERVER_KEY, Emulator, Sidecar
+
+QUERY = "what is the memory bandwidth of the gpu"
+TEXTS = [
+    "The A100 debuts fast memory for the largest models.",
+    "Bananas are rich in potassium.",
+    "The H100 GPU has 3 TB/s of memory bandwidth.",
+    "GPU memory bandwidth matters for the memory bound work of the GPU.",
+]
+
+
+def best_first(texts: list[str]) -> list[int]:
+    scores = [lexical_logit(terms(QUERY), terms(text)) for text in texts]
+    return sorted(range(len(texts)), key=lambda i: -scores[i])
+
+
+def test_langchain_nvidia_rerank_without_a_model(sidecar: Sidecar, emulator: Emulator) -> None:
+    with pytest.warns(UserWarning, match="Default model is set as"):
+        reranker = NVIDIARerank(base_url=f"{sidecar.http_url}/v1", top_n=3)
+    assert reranker.model == "nvidia/rerank-qa-mistral-4b", "picked from GET /v1/models"
+    ranked = reranker.compress_documents(
+        documents=[Document(page_content=text) for text in TEXTS], query=QUERY
+    )
+    assert [doc.page_content for doc in ranked] == [TEXTS[i] for i in best_first(TEXTS)[:3]]
+    scores = [doc.metadata["relevance_score"] for doc in ranked]
+    assert scores == sorted(scores, reverse=True)
+    assert emulator.state.calls[-1].authorization == f"Bearer {SERVER_KEY}"
+
+
+def test_langchain_key_and_more_than_its_batch(sidecar: Sidecar, emulator: Emulator) -> None:
+    reranker = NVIDIARerank(
+        base_url=f"{sidecar.http_url}/v1",
+        model="nvidia/llama-3.2-nv-rerankqa-1b-v2",
+        api_key=REQUEST_KEY,
+        top_n=5,
+        truncate="END",
+    )
+    texts = TEXTS * 200
+    ranked = reranker.compress_documents(
+        documents=[Document(page_content=text) for text in texts], query=QUERY
+    )
+    assert len(ranked) == 5
+    assert all(doc.page_content == TEXTS[best_first(TEXTS)[0]] for doc in ranked[:1])
+    assert {call.authorization for call in emulator.state.calls} == {f"Bearer {REQUEST_KEY}"}
+    assert {call.model for call in emulator.state.calls} == {"nvidia/llama-3.2-nv-rerankqa-1b-v2"}
+    assert {call.truncate for call in emulator.state.calls} == {"END"}
+
+
+def test_litellm_nvidia_nim_rerank(sidecar: Sidecar, emulator: Emulator) -> None:
+    response = litellm.rerank(
+        model="nvidia_nim/nvidia/llama-3_2-nv-rerankqa-1b-v2",
+        api_base=sidecar.http_url,
+        api_key=REQUEST_KEY,
+        query=QUERY,
+        documents=TEXTS,
+        top_n=2,
+    )
+    assert [result["index"] for result in response.results] == best_first(TEXTS)[:2]
+    call = emulator.state.calls[-1]
+    assert call.authorization == f"Bearer {REQUEST_KEY}"
+    assert call.model == "nvidia/llama-3.2-nv-rerankqa-1b-v2"
+
+
+def test_litellm_cohere_rerank_against_v1_rerank(sidecar: Sidecar, emulator: Emulator) -> None:
+    response = litellm.rerank(
+        model="cohere/nvidia/rerank-qa-mistral-4b",
+        api_base=sidecar.http_url,
+        api_key=REQUEST_KEY,
+        query=QUERY,
+        documents=TEXTS,
+        top_n=3,
+    )
+    assert [result["index"] for result in response.results] == best_first(TEXTS)[:3]
+    assert emulator.state.calls[-1].authorization == f"Bearer {REQUEST_KEY}"
