@@ -64,8 +64,8 @@ def test_each_nim_path_answers_rankings_sorted_by_logit(sidecar: Sidecar, path: 
 def test_model_comes_from_body_then_path_then_default(
     sidecar: Sidecar, emulator: Emulator, path: str, body_model: str | None, upstream_model: str
 ) -> None:
-    extra = {"model": body_model} if body_model else {}
-    response = httpx.post(sidecar.http_url + path, json=nim_body(**extra))
+    body = nim_body(model=body_model) if body_model else nim_body()
+    response = httpx.post(sidecar.http_url + path, json=body)
     assert response.status_code == 200
     assert emulator.state.calls[-1].model == upstream_model
 
@@ -104,10 +104,9 @@ def test_more_than_512_passages_are_chunked(sidecar: Sidecar, emulator: Emulator
 
 
 def test_top_k_and_truncate_pass_through(sidecar: Sidecar, emulator: Emulator) -> None:
-    for limit in ({"top_k": 2}, {"top_n": 2}):
-        response = httpx.post(
-            sidecar.http_url + "/v1/ranking", json=nim_body(truncate="END", **limit)
-        )
+    for limit in ("top_k", "top_n"):
+        body = {**nim_body(truncate="END"), limit: 2}
+        response = httpx.post(sidecar.http_url + "/v1/ranking", json=body)
         assert [r["index"] for r in response.json()["rankings"]] == expected_order(PASSAGES)[:2]
     assert {call.truncate for call in emulator.state.calls} == {"END"}
 
