@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PROTO_FILES := proto/reranker_nvidia/v1/reranker_service.proto
 
-.PHONY: install run test lint format proto emulate clean
+.PHONY: install run test lint format proto emulate demo clean
 
 install: $(INSTALLED)
 
@@ -20,6 +20,9 @@ run: $(INSTALLED)
 
 emulate: $(INSTALLED)
 	$(BIN)/reranker-nvidia emulate-nim
+
+demo: $(INSTALLED)
+	$(BIN)/python -m reranker_nvidia.demo
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     rank.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     rank.add_argument("documents", nargs="+", metavar="DOC")
 
+    commands.add_parser(
+        "healthcheck",
+        help="exit 0 if the local sidecar is ready (GET /.well-known/ready), else 1",
+    )
+
     emulate = commands.add_parser(
         "emulate-nim", help="run the NIM ranking API emulator (lexical scoring, for tests)"
     )
@@ -64,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "rank":
         return _rank(args)
+    if args.command == "healthcheck":
+        return _healthcheck()
     return _emulate(args)
 
 
@@ -92,6 +99,26 @@ def _serve(args: argparse.Namespace) -> int:
     )
     asyncio.run(SidecarServer(settings).serve_until_signalled())
     return 0
+
+
+def _healthcheck() -> int:
+    """For container HEALTHCHECKs: probes readiness on the port the settings name."""
+    import urllib.error
+    import urllib.request
+
+    settings = Settings()
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(
+        settings.host, f"[{settings.host}]" if ":" in settings.host else settings.host
+    )
+    try:
+        with urllib.request.urlopen(
+            f"http://{host}:{settings.http_port}/.well-known/ready", timeout=2
+        ) as response:
+            ready = response.status == 204
+    except (urllib.error.URLError, OSError):
+        ready = False
+    print("ready" if ready else "not ready")
+    return 0 if ready else 1
 
 
 def _rank(args: argparse.Namespace) -> int:

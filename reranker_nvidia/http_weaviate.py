@@ -65,8 +65,8 @@ def weaviate_router(ranker: Ranker, meta: Meta, is_ready: Callable[[], bool]) ->
         return Response(status_code=204 if is_ready() else 503)
 
     @router.get("/meta", summary="What this sidecar is and how it is configured (never the key)")
-    async def get_meta() -> dict[str, object]:
-        return meta.as_dict()
+    async def get_meta() -> Meta:
+        return meta
 
     @router.post(
         "/rerank",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,11 +13,11 @@ SidecarFactory = Callable[..., Sidecar]
 
 
 @pytest.fixture(autouse=True)
-def _no_key_from_the_developer_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_settings_from_the_developer_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("NVIDIA_APIKEY", "NVIDIA_API_KEY", "NVIDIA_NIM_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    for name in ("RERANKER_BASE_URL", "RERANKER_MODEL", "RERANKER_TRUNCATE"):
-        monkeypatch.delenv(name, raising=False)
+    for name in [name for name in os.environ if name.startswith("RERANKER_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,36 @@
+"""`make demo` runs offline with no key and shows the same reranked order on every surface."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+
+def test_demo_reranks_through_every_surface() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NVIDIA_", "RERANKER_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "reranker_nvidia.demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    sections = result.stdout.split("\n\n")
+    surfaces = {section.splitlines()[0]: section.splitlines()[1:] for section in sections[1:]}
+    orders = {
+        name: [re.search(r"\bh\d\b", line)[0] for line in lines]  # type: ignore[index]
+        for name, lines in surfaces.items()
+        if name.startswith(("gRPC", "HTTP"))
+    }
+    assert set(orders) == {
+        "gRPC Rerank",
+        "HTTP POST /rerank (Weaviate sidecar)",
+        "HTTP POST /v1/ranking (NIM)",
+        "HTTP POST /v1/retrieval/nvidia/reranking (NIM)",
+        "HTTP POST /v1/rerank (Cohere/Jina)",
+    }
+    assert all(order[:2] == ["h5", "h2"] for order in orders.values())
+    assert result.stdout.rstrip().endswith("stopped both")
