@@ -49,6 +49,7 @@ class RerankError(Exception):
         http_status: int | None = None,
         upstream_status: int | None = None,
         retry_after_s: float | None = None,
+        retryable: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -56,6 +57,7 @@ class RerankError(Exception):
         self.http_status = http_status if http_status is not None else _DEFAULT_HTTP_STATUS[code]
         self.upstream_status = upstream_status
         self.retry_after_s = retry_after_s
+        self.retryable = retryable
 
     def __repr__(self) -> str:
         return f"RerankError({self.code.value}, {self.message!r}, http_status={self.http_status})"
@@ -63,6 +65,10 @@ class RerankError(Exception):
 
 def invalid_argument(message: str) -> RerankError:
     return RerankError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+# Ranking is a pure function of its input, so these are safe to send again.
+RETRYABLE_UPSTREAM_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 def code_for_upstream_status(status: int) -> ErrorCode:

@@ -7,14 +7,18 @@ URLs, validates limits, chunks, or talks to NIM itself.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from reranker_nvidia.admission import Admission
 from reranker_nvidia.endpoints import is_hosted, normalise_model, resolve_endpoint
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
+from reranker_nvidia.retry import RetryPolicy
 from reranker_nvidia.settings import Settings
-from reranker_nvidia.upstream import NimClient, UpstreamRanking, Usage
+from reranker_nvidia.ssrf import Resolver, check_url_text, origin, system_resolver
+from reranker_nvidia.upstream import NimClient, UpstreamRanking, Usage, redact_url
 
 TRUNCATE_VALUES = ("NONE", "END")
 
@@ -53,6 +57,8 @@ class Target:
     model: str
     truncate: str | None
     api_key: str | None = field(repr=False)
+    guarded: bool = False
+    """A base URL the caller chose: its connections pass the SSRF address check."""
 
 
 @dataclass(frozen=True)
@@ -71,23 +77,31 @@ class Ranking:
 
 
 class Ranker:
-    def __init__(self, settings: Settings, client: NimClient) -> None:
+    def __init__(
+        self, settings: Settings, client: NimClient, *, retry: RetryPolicy | None = None
+    ) -> None:
         self.settings = settings
+        self.admission = Admission(settings.max_in_flight)
+        self.upstream_in_flight = 0
         self._client = client
+        self._server_key = settings.server_key()
         self._defaults = RankOptions(
-            model=settings.model,
-            base_url=settings.base_url,
-            truncate=settings.truncate,
-            api_key=settings.server_key(),
+            model=settings.model, base_url=settings.base_url, truncate=settings.truncate
+        )
+        self._trusted_origins = frozenset(
+            origin(url) for url in (settings.base_url, *settings.allowed_base_urls)
+        )
+        self._retry = retry or RetryPolicy(
+            settings.max_retries, settings.retry_base_delay_s, settings.retry_max_delay_s
         )
         self._upstream_slots = asyncio.Semaphore(settings.upstream_concurrency)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Ranker:
+    def from_settings(cls, settings: Settings, *, resolver: Resolver = system_resolver) -> Ranker:
         client = NimClient(
-            timeout_s=settings.upstream_timeout_s,
             connect_timeout_s=settings.upstream_connect_timeout_s,
             max_connections=settings.upstream_concurrency,
+            resolver=resolver,
         )
         return cls(settings, client)
 
@@ -95,8 +109,15 @@ class Ranker:
         await self._client.aclose()
 
     def resolve(self, options: RankOptions) -> Target:
-        """Apply precedence (request, then server) and check what the request chose."""
-        chosen = _cleaned(options).over(self._defaults)
+        """Apply precedence (request, then server) and check what the request chose.
+
+        The server's key only ever goes to a trusted base URL (the configured one or an
+        allow-listed one); any other must come with the request's own key and passes the SSRF
+        checks.
+        """
+        chosen = _cleaned(options)
+        request_key = chosen.api_key
+        chosen = chosen.over(self._defaults)
         base_url = chosen.base_url or self.settings.base_url
         if not base_url.startswith(("http://", "https://")):
             raise invalid_argument(
@@ -106,9 +127,23 @@ class Ranker:
         if truncate is not None and truncate not in TRUNCATE_VALUES:
             raise invalid_argument(f"truncate must be NONE or END, got {chosen.truncate!r}")
         model = normalise_model(chosen.model or self.settings.model)
-        if chosen.api_key is None and is_hosted(base_url):
+        trusted = origin(base_url) in self._trusted_origins
+        if not trusted:
+            check_url_text(base_url)
+        if request_key is None and self._server_key is None and is_hosted(base_url):
             raise RerankError(ErrorCode.UNAUTHENTICATED, NO_KEY_MESSAGE)
-        return Target(resolve_endpoint(base_url, model), model, truncate, chosen.api_key)
+        if request_key is None and not trusted:
+            raise RerankError(
+                ErrorCode.PERMISSION_DENIED,
+                f"base URL {redact_url(base_url)} is neither RERANKER_BASE_URL nor in "
+                "RERANKER_ALLOWED_BASE_URLS, so the server's key is not sent there: send the "
+                "request's own key (X-Nvidia-Api-Key, Authorization: Bearer, or gRPC "
+                "metadata x-nvidia-api-key)",
+            )
+        api_key = request_key if request_key is not None else self._server_key
+        return Target(
+            resolve_endpoint(base_url, model), model, truncate, api_key, guarded=not trusted
+        )
 
     async def rank(
         self,
@@ -117,27 +152,30 @@ class Ranker:
         options: RankOptions = RankOptions(),
         *,
         top_n: int | None = None,
+        budget_s: float | None = None,
     ) -> Ranking:
         """One score per document, in input order; chunks above the per-call passage limit.
 
-        ``top_n`` limits ``Ranking.order()``; every document is still scored.
+        ``top_n`` limits ``Ranking.order()``; every document is still scored. The request
+        takes at most ``RERANKER_REQUEST_TIMEOUT_S``, or ``budget_s`` if the caller has less.
         """
         self.check_request(query, len(documents))
         check_top_n(top_n)
         target = self.resolve(options)
-        if not documents:
-            return Ranking([], target.model, top_n=top_n)
-        size = self.settings.max_passages_per_call
-        starts = range(0, len(documents), size)
-        answers = await _all_or_none(
-            [self._call(target, query, documents[start : start + size]) for start in starts]
-        )
-        scores: list[float] = []
-        usage = Usage()
-        for answer in answers:
-            scores.extend(answer.logits)
-            usage += answer.usage
-        return Ranking(scores, target.model, usage, top_n)
+        budget = self.settings.request_timeout_s
+        if budget_s is not None:
+            budget = min(budget, max(budget_s, 0.0))
+        async with self.admission.admit():
+            try:
+                return await asyncio.wait_for(
+                    self._rank(target, query, documents, top_n, time.monotonic() + budget),
+                    budget,
+                )
+            except asyncio.TimeoutError:
+                raise RerankError(
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    f"the request did not finish within its budget of {budget:.3g} s",
+                ) from None
 
     def check_request(self, query: str, document_count: int) -> None:
         if not query.strip():
@@ -149,16 +187,63 @@ class Ranker:
                 "(RERANKER_MAX_DOCUMENTS)"
             )
 
-    async def _call(self, target: Target, query: str, passages: Sequence[str]) -> UpstreamRanking:
-        async with self._upstream_slots:
-            return await self._client.rank(
-                target.endpoint,
-                model=target.model,
-                query=query,
-                passages=passages,
-                truncate=target.truncate,
-                api_key=target.api_key,
-            )
+    async def _rank(
+        self,
+        target: Target,
+        query: str,
+        documents: Sequence[str],
+        top_n: int | None,
+        deadline: float,
+    ) -> Ranking:
+        if not documents:
+            return Ranking([], target.model, top_n=top_n)
+        size = self.settings.max_passages_per_call
+        starts = range(0, len(documents), size)
+        answers = await _all_or_none(
+            [
+                self._call(target, query, documents[start : start + size], deadline)
+                for start in starts
+            ]
+        )
+        scores: list[float] = []
+        usage = Usage()
+        for answer in answers:
+            scores.extend(answer.logits)
+            usage += answer.usage
+        return Ranking(scores, target.model, usage, top_n)
+
+    async def _call(
+        self, target: Target, query: str, passages: Sequence[str], deadline: float
+    ) -> UpstreamRanking:
+        """One chunk, retried while the failure is retryable and the budget allows."""
+        attempt = 0
+        while True:
+            try:
+                async with self._upstream_slots:
+                    self.upstream_in_flight += 1
+                    try:
+                        return await self._client.rank(
+                            target.endpoint,
+                            model=target.model,
+                            query=query,
+                            passages=passages,
+                            truncate=target.truncate,
+                            api_key=target.api_key,
+                            timeout_s=min(
+                                self.settings.upstream_timeout_s, deadline - time.monotonic()
+                            ),
+                            guarded=target.guarded,
+                        )
+                    finally:
+                        self.upstream_in_flight -= 1
+            except RerankError as error:
+                if not self._retry.should_retry(error, attempt):
+                    raise
+                delay = self._retry.delay_s(error, attempt)
+                if time.monotonic() + delay >= deadline:
+                    raise
+                await asyncio.sleep(delay)
+                attempt += 1
 
 
 def check_top_n(top_n: int | None) -> None:

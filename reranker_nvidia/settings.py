@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "nvidia/rerank-qa-mistral-4b"
 HOSTED_BASE_URL = "https://ai.api.nvidia.com"
@@ -45,11 +46,21 @@ class Settings(BaseSettings):
     upstream_concurrency: int = Field(default=16, ge=1)
     upstream_timeout_s: float = Field(default=30.0, gt=0)
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    request_timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    retry_base_delay_s: float = Field(default=0.1, ge=0)
+    retry_max_delay_s: float = Field(default=2.0, ge=0)
+    max_in_flight: int = Field(default=256, ge=1)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+    allowed_base_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    auth_token: SecretStr | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     log_level: str = "INFO"
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "auth_token", mode="before")
     @classmethod
-    def _blank_key_is_no_key(cls, value: object) -> object:
+    def _blank_secret_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             return None
         return value
@@ -69,6 +80,30 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("RERANKER_BASE_URL must start with http:// or https://")
         return value
+
+    @field_validator("allowed_base_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(url.strip() for url in value.split(",") if url.strip())
+        return value
+
+    @field_validator("allowed_base_urls")
+    @classmethod
+    def _urls_are_http(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} in RERANKER_ALLOWED_BASE_URLS is not an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_files_come_in_pairs(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("RERANKER_TLS_CERT and RERANKER_TLS_KEY must be set together")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        return self
 
     def server_key(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key is not None else None

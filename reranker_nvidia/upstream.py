@@ -6,6 +6,7 @@ whose message says what went wrong upstream; the API key is never part of any me
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Sequence
@@ -16,7 +17,13 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from reranker_nvidia import __version__
-from reranker_nvidia.errors import ErrorCode, RerankError, code_for_upstream_status
+from reranker_nvidia.errors import (
+    RETRYABLE_UPSTREAM_STATUSES,
+    ErrorCode,
+    RerankError,
+    code_for_upstream_status,
+)
+from reranker_nvidia.ssrf import BlockedAddressError, GuardedTransport, Resolver, system_resolver
 
 _MAX_DETAIL_CHARS = 300
 
@@ -41,29 +48,40 @@ class UpstreamRanking:
 
 
 class NimClient:
-    """Sends ranking requests to NIM endpoints over one pooled, bounded connection pool."""
+    """Sends ranking requests to NIM endpoints over pooled, bounded connections.
+
+    Two pools: one for the base URLs the operator trusts (configured or allow-listed), and one
+    for base URLs a caller chose, whose every connection passes the SSRF address check.
+    """
 
     def __init__(
         self,
         *,
-        timeout_s: float,
         connect_timeout_s: float,
         max_connections: int,
-        transport: httpx.AsyncBaseTransport | None = None,
+        resolver: Resolver = system_resolver,
     ) -> None:
-        self._timeout_s = timeout_s
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            headers={"User-Agent": f"reranker-nvidia/{__version__}", "Accept": "application/json"},
-            transport=transport,
-            follow_redirects=False,
+        self._connect_timeout_s = connect_timeout_s
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        common: dict[str, Any] = {
+            "limits": limits,
+            "headers": {
+                "User-Agent": f"reranker-nvidia/{__version__}",
+                "Accept": "application/json",
+            },
+            # A redirect would carry the key to wherever it points.
+            "follow_redirects": False,
+        }
+        self._trusted = httpx.AsyncClient(**common)
+        self._guarded = httpx.AsyncClient(
+            **common, transport=GuardedTransport(limits=limits, resolver=resolver)
         )
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._trusted.aclose()
+        await self._guarded.aclose()
 
     async def rank(
         self,
@@ -74,7 +92,10 @@ class NimClient:
         passages: Sequence[str],
         truncate: str | None,
         api_key: str | None,
+        timeout_s: float,
+        guarded: bool,
     ) -> UpstreamRanking:
+        """One call. ``timeout_s`` bounds the whole call, connecting included."""
         body: dict[str, Any] = {
             "model": model,
             "query": {"text": query},
@@ -86,19 +107,31 @@ class NimClient:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         where = redact_url(endpoint)
+        client = self._guarded if guarded else self._trusted
+        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._connect_timeout_s))
         try:
-            response = await self._http.post(
-                endpoint, content=json.dumps(body, ensure_ascii=False), headers=headers
+            response = await asyncio.wait_for(
+                client.post(
+                    endpoint,
+                    content=json.dumps(body, ensure_ascii=False),
+                    headers=headers,
+                    timeout=timeout,
+                ),
+                timeout_s,
             )
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, asyncio.TimeoutError):
             raise RerankError(
                 ErrorCode.DEADLINE_EXCEEDED,
-                f"NIM at {where} did not answer within {self._timeout_s:g} s",
+                f"NIM at {where} did not answer within {timeout_s:.3g} s",
+                retryable=True,
             ) from None
+        except BlockedAddressError as exc:
+            raise RerankError(ErrorCode.PERMISSION_DENIED, f"base URL refused: {exc}") from None
         except httpx.HTTPError as exc:
             raise RerankError(
                 ErrorCode.UNAVAILABLE,
                 f"could not reach NIM at {where}: {type(exc).__name__}",
+                retryable=True,
             ) from None
         if response.status_code != 200:
             raise _error_from_response(response, where, api_key)
@@ -123,6 +156,7 @@ def _error_from_response(response: httpx.Response, where: str, api_key: str | No
         http_status=status if 400 <= status < 500 else 502,
         upstream_status=status,
         retry_after_s=_retry_after(response),
+        retryable=status in RETRYABLE_UPSTREAM_STATUSES,
     )
 
 

@@ -77,6 +77,8 @@ def sidecar_settings(upstream_url: str, **overrides: Any) -> Settings:
         "http_port": 0,
         "grpc_port": 0,
         "log_level": "WARNING",
+        # Error-mapping tests see each upstream failure as it is; retry tests turn this up.
+        "max_retries": 0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -142,7 +142,9 @@ def test_metadata_key_wins_over_server_key(sidecar: Sidecar, emulator: Emulator)
 
 
 def test_metadata_base_url_wins(make_sidecar: SidecarFactory, emulator: Emulator) -> None:
-    sidecar = make_sidecar(base_url="http://127.0.0.1:9", api_key=None)
+    sidecar = make_sidecar(
+        base_url="http://127.0.0.1:9", api_key=None, allowed_base_urls=(emulator.url,)
+    )
     with RerankerClient(sidecar.grpc_target, base_url=f"{emulator.url}/v1") as client:
         ranked = client.rank(QUERY, ["a"])
     assert len(ranked.documents) == 1

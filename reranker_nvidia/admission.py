@@ -1,0 +1,70 @@
+"""Admission control: a bound on requests in flight, and draining for a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from reranker_nvidia.errors import ErrorCode, RerankError
+
+RETRY_AFTER_S = 1.0
+
+
+class Admission:
+    """Admits up to ``limit`` requests at once; refuses the rest at once instead of queueing.
+
+    Past the limit a request gets RESOURCE_EXHAUSTED (HTTP 503 with Retry-After); once
+    draining, every new request gets UNAVAILABLE (HTTP 503) while admitted ones finish.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._in_flight = 0
+        self._draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        if self._draining:
+            raise RerankError(
+                ErrorCode.UNAVAILABLE,
+                "the server is shutting down; retry on another instance",
+                http_status=503,
+                retry_after_s=RETRY_AFTER_S,
+            )
+        if self._in_flight >= self._limit:
+            raise RerankError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"too many requests in flight: at most {self._limit} (RERANKER_MAX_IN_FLIGHT)",
+                http_status=503,
+                retry_after_s=RETRY_AFTER_S,
+            )
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    def begin_draining(self) -> None:
+        self._draining = True
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """True once nothing is in flight; False if ``timeout_s`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
