@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -26,7 +27,16 @@ class _EmbeddedServer(uvicorn.Server):
 class AsgiServer:
     """An ASGI app served on a socket bound at ``start`` (port 0 picks a free port)."""
 
-    def __init__(self, app: Any, host: str, port: int, *, log_level: str = "warning") -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        *,
+        log_level: str = "warning",
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ) -> None:
         self._config = uvicorn.Config(
             app,
             log_level=log_level.lower(),
@@ -34,6 +44,8 @@ class AsgiServer:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=10,
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
         )
         self._server = _EmbeddedServer(self._config)
         self._host = host

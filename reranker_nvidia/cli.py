@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -46,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     rank.add_argument("--truncate", choices=("NONE", "END"))
     rank.add_argument("--top-n", type=int)
     rank.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    rank.add_argument("--tls", action="store_true", help="connect over TLS")
+    rank.add_argument("--tls-ca", type=Path, help="PEM file of the CA to trust (implies --tls)")
+    rank.add_argument(
+        "--token",
+        default=os.environ.get("RERANKER_AUTH_TOKEN"),
+        help="the sidecar's caller token (default: $RERANKER_AUTH_TOKEN)",
+    )
     rank.add_argument("documents", nargs="+", metavar="DOC")
 
     commands.add_parser(
@@ -103,6 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _healthcheck() -> int:
     """For container HEALTHCHECKs: probes readiness on the port the settings name."""
+    import ssl
     import urllib.error
     import urllib.request
 
@@ -110,9 +120,16 @@ def _healthcheck() -> int:
     host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(
         settings.host, f"[{settings.host}]" if ":" in settings.host else settings.host
     )
+    scheme, context = "http", None
+    if settings.tls_cert is not None:
+        # Our own listener, by address, carrying no secret: whoever issued the certificate,
+        # the probe only asks whether the server answers ready.
+        scheme, context = "https", ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
         with urllib.request.urlopen(
-            f"http://{host}:{settings.http_port}/.well-known/ready", timeout=2
+            f"{scheme}://{host}:{settings.http_port}/.well-known/ready", timeout=2, context=context
         ) as response:
             ready = response.status == 204
     except (urllib.error.URLError, OSError):
@@ -125,7 +142,13 @@ def _rank(args: argparse.Namespace) -> int:
     from reranker_nvidia.client import RerankerClient
 
     try:
-        with RerankerClient(args.target, timeout_s=args.timeout) as client:
+        with RerankerClient(
+            args.target,
+            timeout_s=args.timeout,
+            tls=args.tls,
+            root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
+            token=args.token,
+        ) as client:
             ranked = client.rank(
                 args.query,
                 args.documents,

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from reranker_nvidia.caller_auth import TOKEN_METADATA
 from reranker_nvidia.convert import (
     API_KEY_METADATA,
     BASE_URL_METADATA,
@@ -50,15 +51,26 @@ class RankedDocuments:
     usage: Usage
 
 
+def _credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCredentials | None:
+    if not tls and root_certificates is None:
+        return None
+    return grpc.ssl_channel_credentials(root_certificates)
+
+
 class _Requests:
     """Builds requests and reads responses; shared by the sync and async clients."""
 
-    def __init__(self, api_key: str | None, base_url: str | None) -> None:
+    def __init__(self, api_key: str | None, base_url: str | None, token: str | None) -> None:
         self._api_key = api_key
         self._base_url = base_url
+        self._token = token
 
-    def metadata(self, api_key: str | None, base_url: str | None) -> tuple[tuple[str, str], ...]:
+    def metadata(
+        self, api_key: str | None = None, base_url: str | None = None
+    ) -> tuple[tuple[str, str], ...]:
         pairs: list[tuple[str, str]] = []
+        if self._token:
+            pairs.append((TOKEN_METADATA, self._token))
         if key := api_key or self._api_key:
             pairs.append((API_KEY_METADATA, key))
         if url := base_url or self._base_url:
@@ -140,7 +152,11 @@ class _Requests:
 
 
 class RerankerClient:
-    """Blocking client. ``api_key`` and ``base_url`` apply to every call unless a call overrides."""
+    """Blocking client. ``api_key`` and ``base_url`` apply to every call unless a call overrides.
+
+    ``tls`` (or ``root_certificates``, PEM bytes of the CA to trust) connects over TLS;
+    ``token`` is the sidecar's caller token when it requires one.
+    """
 
     def __init__(
         self,
@@ -149,13 +165,21 @@ class RerankerClient:
         api_key: str | None = None,
         base_url: str | None = None,
         timeout_s: float | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        token: str | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
-        self._channel = (
-            channel if channel is not None else grpc.insecure_channel(target, CHANNEL_OPTIONS)
-        )
+        if channel is None:
+            credentials = _credentials(tls, root_certificates)
+            channel = (
+                grpc.secure_channel(target, credentials, CHANNEL_OPTIONS)
+                if credentials is not None
+                else grpc.insecure_channel(target, CHANNEL_OPTIONS)
+            )
+        self._channel = channel
         self._stub = pb_grpc.RerankerServiceStub(self._channel)
-        self._requests = _Requests(api_key, base_url)
+        self._requests = _Requests(api_key, base_url, token)
         self._timeout_s = timeout_s
 
     def rank(
@@ -206,7 +230,9 @@ class RerankerClient:
 
     def meta(self) -> Meta:
         try:
-            response = self._stub.GetMeta(pb.GetMetaRequest(), timeout=self._timeout_s)
+            response = self._stub.GetMeta(
+                pb.GetMetaRequest(), metadata=self._requests.metadata(), timeout=self._timeout_s
+            )
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
         return _Requests.meta(response)
@@ -222,7 +248,7 @@ class RerankerClient:
 
 
 class AsyncRerankerClient:
-    """asyncio client with the same calls as ``RerankerClient``."""
+    """asyncio client with the same calls and options as ``RerankerClient``."""
 
     def __init__(
         self,
@@ -231,13 +257,21 @@ class AsyncRerankerClient:
         api_key: str | None = None,
         base_url: str | None = None,
         timeout_s: float | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        token: str | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
-        self._channel = (
-            channel if channel is not None else grpc.aio.insecure_channel(target, CHANNEL_OPTIONS)
-        )
+        if channel is None:
+            credentials = _credentials(tls, root_certificates)
+            channel = (
+                grpc.aio.secure_channel(target, credentials, CHANNEL_OPTIONS)
+                if credentials is not None
+                else grpc.aio.insecure_channel(target, CHANNEL_OPTIONS)
+            )
+        self._channel = channel
         self._stub = pb_grpc.RerankerServiceStub(self._channel)
-        self._requests = _Requests(api_key, base_url)
+        self._requests = _Requests(api_key, base_url, token)
         self._timeout_s = timeout_s
 
     async def rank(
@@ -288,7 +322,9 @@ class AsyncRerankerClient:
 
     async def meta(self) -> Meta:
         try:
-            response = await self._stub.GetMeta(pb.GetMetaRequest(), timeout=self._timeout_s)
+            response = await self._stub.GetMeta(
+                pb.GetMetaRequest(), metadata=self._requests.metadata(), timeout=self._timeout_s
+            )
         except grpc.RpcError as error:
             raise error_from_rpc(error) from None
         return _Requests.meta(response)

@@ -57,20 +57,27 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
         self._meta = meta
 
     async def Rank(self, request: pb.RankRequest, context: Context) -> pb.RankResponse:
-        return await _answer(context, self._rank(request, _metadata(context)))
+        return await _answer(
+            context, self._rank(request, _metadata(context), context.time_remaining())
+        )
 
     async def Rerank(self, request: pb.RerankRequest, context: Context) -> pb.RerankResponse:
-        return await _answer(context, self._rerank(request, _metadata(context)))
+        return await _answer(
+            context, self._rerank(request, _metadata(context), context.time_remaining())
+        )
 
     async def GetMeta(self, request: pb.GetMetaRequest, context: Context) -> pb.GetMetaResponse:
         return pb.GetMetaResponse(**self._meta.as_dict())
 
-    async def _rank(self, request: pb.RankRequest, metadata: dict[str, str]) -> pb.RankResponse:
+    async def _rank(
+        self, request: pb.RankRequest, metadata: dict[str, str], budget_s: float | None
+    ) -> pb.RankResponse:
         ranking = await self._ranker.rank(
             request.query,
             list(request.documents),
             options_from_proto(request.options, metadata),
             top_n=_top_n(request),
+            budget_s=budget_s,
         )
         return pb.RankResponse(
             results=[
@@ -82,7 +89,7 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
         )
 
     async def _rerank(
-        self, request: pb.RerankRequest, metadata: dict[str, str]
+        self, request: pb.RerankRequest, metadata: dict[str, str], budget_s: float | None
     ) -> pb.RerankResponse:
         result = await rerank_hits(
             self._ranker,
@@ -92,6 +99,7 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
             options=options_from_proto(request.options, metadata),
             collection=collection_options(struct_to_dict(request.module_config)),
             top_n=_top_n(request),
+            budget_s=budget_s,
         )
         reranked = []
         for entry in result.hits:

@@ -92,6 +92,7 @@ async def rerank_hits(
     options: RankOptions = RankOptions(),
     collection: RankOptions = RankOptions(),
     top_n: int | None = None,
+    budget_s: float | None = None,
 ) -> RerankedHits:
     """Hits sorted by rerank score, best first, then the hits with no text in their old order.
 
@@ -103,7 +104,10 @@ async def rerank_hits(
     texts = [hit_text(hit, properties) for hit in hits]
     ranked_positions = [position for position, text in enumerate(texts) if text]
     ranking = await ranker.rank(
-        query, [texts[position] for position in ranked_positions], options.over(collection)
+        query,
+        [texts[position] for position in ranked_positions],
+        options.over(collection),
+        budget_s=budget_s,
     )
     scored = [
         RerankedHit(hits[ranked_positions[i]], ranked_positions[i], ranking.scores[i])

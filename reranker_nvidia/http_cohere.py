@@ -11,7 +11,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from reranker_nvidia.errors import RerankError
-from reranker_nvidia.http_common import header_options, retry_headers, shaped_errors
+from reranker_nvidia.http_common import (
+    header_options,
+    request_budget,
+    retry_headers,
+    shaped_errors,
+)
 from reranker_nvidia.ranker import Ranker
 
 # Cohere bills one search unit per query with up to 100 documents.
@@ -83,7 +88,11 @@ def cohere_router(ranker: Ranker) -> APIRouter:
     async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
         texts = [doc if isinstance(doc, str) else doc.text for doc in body.documents]
         ranking = await ranker.rank(
-            body.query, texts, replace(header_options(request), model=body.model), top_n=body.top_n
+            body.query,
+            texts,
+            replace(header_options(request), model=body.model),
+            top_n=body.top_n,
+            budget_s=request_budget(request),
         )
         return RerankResponse(
             id=str(uuid.uuid4()),

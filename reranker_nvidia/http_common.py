@@ -25,6 +25,7 @@ ErrorRenderer = Callable[[RerankError], Response]
 
 API_KEY_HEADER = "X-Nvidia-Api-Key"
 BASE_URL_HEADER = "X-Nvidia-Baseurl"
+TIMEOUT_HEADER = "X-Request-Timeout"
 
 
 def header_options(request: Request) -> RankOptions:
@@ -38,6 +39,20 @@ def header_options(request: Request) -> RankOptions:
         or request.headers.get(API_KEY_HEADER),
         base_url=request.headers.get(BASE_URL_HEADER),
     )
+
+
+def request_budget(request: Request) -> float | None:
+    """Seconds the caller will wait (``X-Request-Timeout``), if it said; shrinks the budget."""
+    value = request.headers.get(TIMEOUT_HEADER)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise invalid_argument(f"{TIMEOUT_HEADER} must be a positive number of seconds")
+    return seconds
 
 
 def _bearer_token(authorization: str | None) -> str | None:

@@ -17,7 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reranker_nvidia.endpoints import normalise_model
 from reranker_nvidia.errors import ErrorCode, RerankError
-from reranker_nvidia.http_common import header_options, retry_headers, shaped_errors
+from reranker_nvidia.http_common import (
+    header_options,
+    request_budget,
+    retry_headers,
+    shaped_errors,
+)
 from reranker_nvidia.nim_schema import NimRanking, NimRankingResponse, NimText, NimUsage
 from reranker_nvidia.ranker import Ranker
 
@@ -95,6 +100,7 @@ def nim_router(ranker: Ranker) -> APIRouter:
             [passage.text for passage in body.passages],
             options,
             top_n=body.top_k if body.top_k is not None else body.top_n,
+            budget_s=request_budget(request),
         )
         return NimRankingResponse(
             rankings=[NimRanking(index=i, logit=ranking.scores[i]) for i in ranking.order()],

@@ -13,7 +13,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from reranker_nvidia.errors import RerankError, invalid_argument
-from reranker_nvidia.http_common import header_options, retry_headers, shaped_errors
+from reranker_nvidia.http_common import (
+    header_options,
+    request_budget,
+    retry_headers,
+    shaped_errors,
+)
 from reranker_nvidia.meta import Meta
 from reranker_nvidia.ranker import Ranker
 
@@ -77,8 +82,9 @@ def weaviate_router(ranker: Ranker, meta: Meta, is_ready: Callable[[], bool]) ->
     )
     async def rerank(body: WeaviateRerankRequest, request: Request) -> WeaviateRerankResponse:
         options = header_options(request)
+        budget_s = request_budget(request)
         if body.documents is not None:
-            ranking = await ranker.rank(body.query, body.documents, options)
+            ranking = await ranker.rank(body.query, body.documents, options, budget_s=budget_s)
             return WeaviateRerankResponse(
                 query=body.query,
                 scores=[
@@ -88,7 +94,7 @@ def weaviate_router(ranker: Ranker, meta: Meta, is_ready: Callable[[], bool]) ->
             )
         if body.property is None:
             raise invalid_argument("documents: required (or property, for a single text)")
-        ranking = await ranker.rank(body.query, [body.property], options)
+        ranking = await ranker.rank(body.query, [body.property], options, budget_s=budget_s)
         return WeaviateRerankResponse(
             query=body.query, property=body.property, score=ranking.scores[0]
         )

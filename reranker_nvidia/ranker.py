@@ -98,10 +98,16 @@ class Ranker:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, resolver: Resolver = system_resolver) -> Ranker:
+        secrets = [
+            secret.get_secret_value()
+            for secret in (settings.api_key, settings.auth_token)
+            if secret is not None
+        ]
         client = NimClient(
             connect_timeout_s=settings.upstream_connect_timeout_s,
             max_connections=settings.upstream_concurrency,
             resolver=resolver,
+            secrets=secrets,
         )
         return cls(settings, client)
 

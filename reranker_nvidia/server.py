@@ -6,11 +6,13 @@ import asyncio
 import logging
 import signal
 
+import grpc
 from grpc import aio as grpc_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from reranker_nvidia.asgi_server import AsgiServer
+from reranker_nvidia.grpc_auth import TokenInterceptor
 from reranker_nvidia.grpc_service import RerankerService
 from reranker_nvidia.http_app import create_http_app
 from reranker_nvidia.meta import describe
@@ -36,6 +38,8 @@ class SidecarServer:
             settings.host,
             settings.http_port,
             log_level=settings.log_level,
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
         )
         self._grpc: grpc_aio.Server | None = None
         # grpc_health-stubs predate the public `health.aio` module.
@@ -48,8 +52,10 @@ class SidecarServer:
 
     async def start(self) -> None:
         # A grpc.aio server belongs to the loop it is created in: create it in the serving loop.
+        token = self.settings.auth_token
         self._grpc = grpc_server = grpc_aio.server(
-            options=[("grpc.max_receive_message_length", self.settings.max_body_bytes)]
+            interceptors=[TokenInterceptor(token.get_secret_value())] if token else None,
+            options=[("grpc.max_receive_message_length", self.settings.max_body_bytes)],
         )
         pb_grpc.add_RerankerServiceServicer_to_server(
             RerankerService(self.ranker, describe(self.settings)), grpc_server
@@ -58,9 +64,14 @@ class SidecarServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
         )
-        self.grpc_port = grpc_server.add_insecure_port(
-            _grpc_address(self.settings.host, self.settings.grpc_port)
-        )
+        address = _grpc_address(self.settings.host, self.settings.grpc_port)
+        if self.settings.tls_cert is not None and self.settings.tls_key is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(self.settings.tls_key.read_bytes(), self.settings.tls_cert.read_bytes())]
+            )
+            self.grpc_port = grpc_server.add_secure_port(address, credentials)
+        else:
+            self.grpc_port = grpc_server.add_insecure_port(address)
         await grpc_server.start()
         await self._http.start()
         for service in ("", SERVICE_NAME):
@@ -74,11 +85,22 @@ class SidecarServer:
             self.grpc_port,
         )
 
-    async def stop(self, grace_s: float = 10.0) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain, then stop: readiness turns 503 and health NOT_SERVING, new requests are
+        refused with 503 / UNAVAILABLE, and requests in flight get up to ``grace_s``
+        (default ``RERANKER_SHUTDOWN_GRACE_S``) to finish."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         self._ready = False
+        self.ranker.admission.begin_draining()
         await self._health.enter_graceful_shutdown()
+        if not await self.ranker.admission.wait_idle(grace):
+            log.warning(
+                "%d requests still in flight after %g s; stopping anyway",
+                self.ranker.admission.in_flight,
+                grace,
+            )
         if self._grpc is not None:
-            await asyncio.gather(self._grpc.stop(grace_s), self._http.stop())
+            await asyncio.gather(self._grpc.stop(1.0), self._http.stop())
         await self.ranker.aclose()
 
     async def serve_until_signalled(self) -> None:
@@ -88,8 +110,9 @@ class SidecarServer:
             loop.add_signal_handler(signum, stop.set)
         await self.start()
         await stop.wait()
-        log.info("stopping")
+        log.info("draining: no new requests; waiting for those in flight")
         await self.stop()
+        log.info("stopped")
 
 
 def _grpc_address(host: str, port: int) -> str:

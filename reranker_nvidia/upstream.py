@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from reranker_nvidia.errors import (
 from reranker_nvidia.ssrf import BlockedAddressError, GuardedTransport, Resolver, system_resolver
 
 _MAX_DETAIL_CHARS = 300
+# Any NVIDIA API key an upstream echoes, known to this process or not.
+_NVIDIA_KEY = re.compile(r"nvapi-[A-Za-z0-9_\-]+")
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,12 @@ class NimClient:
         connect_timeout_s: float,
         max_connections: int,
         resolver: Resolver = system_resolver,
+        secrets: Sequence[str] = (),
     ) -> None:
+        """``secrets`` (the server's key, the caller token) are cut out of any upstream text
+        that reaches an error message, as is the key each call sends."""
         self._connect_timeout_s = connect_timeout_s
+        self._secrets = tuple(secret for secret in secrets if secret)
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
@@ -134,7 +141,7 @@ class NimClient:
                 retryable=True,
             ) from None
         if response.status_code != 200:
-            raise _error_from_response(response, where, api_key)
+            raise _error_from_response(response, where, (*self._secrets, api_key or ""))
         return _parse_ranking(response, len(passages), where)
 
 
@@ -147,9 +154,11 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _error_from_response(response: httpx.Response, where: str, api_key: str | None) -> RerankError:
+def _error_from_response(
+    response: httpx.Response, where: str, secrets: Sequence[str]
+) -> RerankError:
     status = response.status_code
-    detail = _scrub(_detail_of(response), api_key)
+    detail = _scrub(_detail_of(response), secrets)
     return RerankError(
         code_for_upstream_status(status),
         f"NIM at {where} answered {status}: {detail}",
@@ -243,5 +252,8 @@ def _clip(text: str) -> str:
     return text if len(text) <= _MAX_DETAIL_CHARS else text[:_MAX_DETAIL_CHARS] + "..."
 
 
-def _scrub(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _NVIDIA_KEY.sub("nvapi-***", text)

@@ -6,8 +6,17 @@ from typing import Any
 
 import pytest
 
+from reranker_nvidia.ranker import Ranker
 from reranker_nvidia.server import SidecarServer
-from tests.support import BackgroundLoop, Emulator, Sidecar, sidecar_settings, start_emulator
+from reranker_nvidia.ssrf import Resolver
+from tests.support import (
+    BackgroundLoop,
+    CaptureServer,
+    Emulator,
+    Sidecar,
+    sidecar_settings,
+    start_emulator,
+)
 
 SidecarFactory = Callable[..., Sidecar]
 
@@ -45,8 +54,10 @@ def emulator(_emulator: Emulator) -> Iterator[Emulator]:
 def make_sidecar(background: BackgroundLoop, emulator: Emulator) -> Iterator[SidecarFactory]:
     started: list[SidecarServer] = []
 
-    def make(**overrides: Any) -> Sidecar:
-        server = SidecarServer(sidecar_settings(emulator.url, **overrides))
+    def make(resolver: Resolver | None = None, **overrides: Any) -> Sidecar:
+        settings = sidecar_settings(emulator.url, **overrides)
+        ranker = Ranker.from_settings(settings, resolver=resolver) if resolver else None
+        server = SidecarServer(settings, ranker)
         background.run(server.start())
         started.append(server)
         return Sidecar(server)
@@ -59,3 +70,11 @@ def make_sidecar(background: BackgroundLoop, emulator: Emulator) -> Iterator[Sid
 @pytest.fixture
 def sidecar(make_sidecar: SidecarFactory) -> Sidecar:
     return make_sidecar()
+
+
+@pytest.fixture
+def capture(background: BackgroundLoop) -> Iterator[CaptureServer]:
+    server = CaptureServer()
+    background.run(server.start())
+    yield server
+    background.run(server.stop())

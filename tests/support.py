@@ -60,6 +60,50 @@ class Sidecar:
         return f"127.0.0.1:{self.server.grpc_port}"
 
 
+class CaptureServer:
+    """A TCP server on loopback that records every connection and the bytes sent on it.
+
+    It answers every request with 200 and an empty ranking list, or, with ``hang_up`` set,
+    closes the connection without a word; tests count what arrives.
+    """
+
+    def __init__(self) -> None:
+        self.hang_up = False
+        self.connections = 0
+        self.received: list[bytes] = []
+        self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            data = await asyncio.wait_for(reader.read(65536), 2)
+            self.received.append(data)
+            if self.hang_up:
+                return
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 16\r\nConnection: close\r\n\r\n{"rankings": []}'
+            )
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
 def start_emulator(background: BackgroundLoop) -> Emulator:
     state = EmulatorState()
     server = AsgiServer(create_emulator_app(state), "127.0.0.1", 0)

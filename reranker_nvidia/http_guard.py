@@ -1,0 +1,128 @@
+"""ASGI middleware in front of every HTTP route: caller token, body size, and disconnects.
+
+- With ``RERANKER_AUTH_TOKEN`` set, every path but ``/.well-known/live|ready`` needs the
+  ``X-Reranker-Token`` header (401 otherwise).
+- A body over ``RERANKER_MAX_BODY_BYTES`` is refused with 413 before it is parsed.
+- A caller that disconnects cancels its request, and with it the request's upstream calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from reranker_nvidia.caller_auth import (
+    MISSING_TOKEN_MESSAGE,
+    OPEN_HTTP_PATHS,
+    TOKEN_HEADER,
+    token_matches,
+)
+from reranker_nvidia.errors import ErrorCode, RerankError
+
+# Renders an error in the shape of the contract the path belongs to.
+PathErrorRenderer = Callable[[str, RerankError], Any]
+
+_TOKEN_HEADER = TOKEN_HEADER.lower().encode()
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class HttpGuard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        render: PathErrorRenderer,
+        max_body_bytes: int,
+        auth_token: str | None,
+    ) -> None:
+        self._app = app
+        self._render = render
+        self._max_body_bytes = max_body_bytes
+        self._auth_token = auth_token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if self._auth_token is not None and path not in OPEN_HTTP_PATHS:
+            given = _header(scope, _TOKEN_HEADER)
+            if not token_matches(self._auth_token, given):
+                error = RerankError(ErrorCode.UNAUTHENTICATED, MISSING_TOKEN_MESSAGE)
+                await self._render(path, error)(scope, receive, send)
+                return
+        try:
+            body = await self._read_body(scope, receive)
+        except _BodyTooLarge:
+            error = RerankError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"body: larger than {self._max_body_bytes} bytes (RERANKER_MAX_BODY_BYTES)",
+                http_status=413,
+            )
+            await self._render(path, error)(scope, receive, send)
+            return
+        if body is None:  # the caller left while sending
+            return
+        await self._run_until_disconnect(scope, body, receive, send)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_body_bytes:
+            raise _BodyTooLarge
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body_bytes:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _run_until_disconnect(
+        self, scope: Scope, body: bytes, receive: Receive, send: Send
+    ) -> None:
+        disconnected = asyncio.Event()
+        body_given = False
+
+        async def replay() -> Message:
+            nonlocal body_given
+            if not body_given:
+                body_given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        handler = asyncio.ensure_future(self._app(scope, replay, send))
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+            handler.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await handler
+        except asyncio.CancelledError:
+            if not disconnected.is_set():
+                raise
+        finally:
+            watcher.cancel()
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
