@@ -71,7 +71,7 @@ class CaptureServer:
         self.hang_up = False
         self.connections = 0
         self.received: list[bytes] = []
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
 
     @property
     def port(self) -> int:
