@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,9 +74,11 @@ class AsgiServer:
                 raise RuntimeError("HTTP server stopped during start-up")
             await asyncio.sleep(0.005)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop accepting, give open requests ``timeout_s`` to finish, then cancel them."""
         if self._task is None:
             return
+        self._config.timeout_graceful_shutdown = max(1, math.ceil(timeout_s))
         self._server.should_exit = True
         await self._task
         self._task = None

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from reranker_nvidia.errors import ErrorCode, RerankError
+from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.hits import Hit, SearchType
 from reranker_nvidia.ranker import RankOptions
 from reranker_nvidia.upstream import Usage
@@ -42,10 +42,12 @@ def options_from_proto(message: pb.RankOptions, metadata: Mapping[str, str]) -> 
 
     The base URL in metadata wins over the message's, as Weaviate's header does over config.
     """
+    if message.truncate not in _TRUNCATE_FROM_PROTO:
+        raise invalid_argument(f"options.truncate: unknown Truncate value {message.truncate}")
     return RankOptions(
         model=message.model or None,
         base_url=metadata.get(BASE_URL_METADATA) or message.base_url or None,
-        truncate=_TRUNCATE_FROM_PROTO.get(message.truncate),
+        truncate=_TRUNCATE_FROM_PROTO[message.truncate],
         api_key=metadata.get(API_KEY_METADATA),
     )
 
@@ -108,7 +110,10 @@ def status_code_for(error: RerankError) -> grpc.StatusCode:
 
 def error_from_rpc(error: grpc.RpcError) -> RerankError:
     """A client-side ``RerankError`` for a failed call, keeping the server's message."""
-    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = error.details() if isinstance(error, grpc.Call) else str(error)
+    # Sync errors are grpc.Call; asyncio ones (AioRpcError) have the same methods but not the type.
+    code_of = getattr(error, "code", None)
+    details_of = getattr(error, "details", None)
+    code = code_of() if callable(code_of) else grpc.StatusCode.UNKNOWN
+    details = details_of() if callable(details_of) else str(error)
     kind = ErrorCode.__members__.get(code.name, ErrorCode.INTERNAL)
     return RerankError(kind, details or code.name)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
+from grpc import aio as grpc_aio
 
 from reranker_nvidia.convert import (
     hit_from_proto,
@@ -112,3 +116,51 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
         return pb.RerankResponse(
             hits=reranked, model=result.model, usage=usage_to_proto(result.usage)
         )
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """A request whose bytes did not parse (bad UTF-8 in a string, a truncated message)."""
+
+    reason: str
+
+
+def _decoder(message_class: type[Message]) -> Callable[[bytes], object]:
+    def decode(data: bytes) -> object:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    return decode
+
+
+def _refusing_undecodable(
+    method: Callable[[Any, Context], Awaitable[Message]],
+) -> Callable[[Any, Context], Awaitable[Message]]:
+    async def handle(request: Any, context: Context) -> Message:
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        return await method(request, context)
+
+    return handle
+
+
+def add_to_server(service: RerankerService, server: grpc_aio.Server) -> None:
+    """Register the service so that undecodable requests are INVALID_ARGUMENT, not UNKNOWN.
+
+    gRPC answers UNKNOWN when a request deserializer raises; decoding here lets the service
+    refuse such a request with the right code and protobuf's own reason.
+    """
+    descriptor = pb.DESCRIPTOR.services_by_name["RerankerService"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            _refusing_undecodable(getattr(service, method.name)),
+            request_deserializer=_decoder(GetMessageClass(method.input_type)),
+            response_serializer=lambda message: message.SerializeToString(),
+        )
+        for method in descriptor.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+    )

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.ranker import RankOptions
@@ -87,6 +88,15 @@ def shaped_errors(render: ErrorRenderer) -> type[APIRoute]:
                     return await handler(request)
                 except RequestValidationError as exc:
                     return render(invalid_argument(validation_message(exc.errors())))
+                except HTTPException as exc:
+                    # FastAPI's own refusals, e.g. a body that is not UTF-8.
+                    return render(
+                        RerankError(
+                            ErrorCode.INVALID_ARGUMENT,
+                            f"body: {exc.detail}" if exc.status_code == 400 else str(exc.detail),
+                            http_status=exc.status_code,
+                        )
+                    )
                 except RerankError as exc:
                     return render(exc)
                 except Exception:

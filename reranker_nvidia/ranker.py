@@ -165,7 +165,7 @@ class Ranker:
         ``top_n`` limits ``Ranking.order()``; every document is still scored. The request
         takes at most ``RERANKER_REQUEST_TIMEOUT_S``, or ``budget_s`` if the caller has less.
         """
-        self.check_request(query, len(documents))
+        self.check_request(query, documents)
         check_top_n(top_n)
         target = self.resolve(options)
         budget = self.settings.request_timeout_s
@@ -183,15 +183,18 @@ class Ranker:
                     f"the request did not finish within its budget of {budget:.3g} s",
                 ) from None
 
-    def check_request(self, query: str, document_count: int) -> None:
+    def check_request(self, query: str, documents: Sequence[str]) -> None:
         if not query.strip():
             raise invalid_argument("query must not be empty")
         limit = self.settings.max_documents
-        if document_count > limit:
+        if len(documents) > limit:
             raise invalid_argument(
-                f"documents: {document_count} given, at most {limit} allowed per request "
+                f"documents: {len(documents)} given, at most {limit} allowed per request "
                 "(RERANKER_MAX_DOCUMENTS)"
             )
+        _check_unicode("query", query)
+        for index, document in enumerate(documents):
+            _check_unicode(f"documents[{index}]", document)
 
     async def _rank(
         self,
@@ -250,6 +253,16 @@ class Ranker:
                     raise
                 await asyncio.sleep(delay)
                 attempt += 1
+
+
+def _check_unicode(field: str, text: str) -> None:
+    """JSON can carry lone surrogates (``"\\ud800"``) that no UTF-8 request can."""
+    if text.isascii():  # O(1) in CPython
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid_argument(f"{field}: not valid Unicode (a lone surrogate)") from None
 
 
 def check_top_n(top_n: int | None) -> None:

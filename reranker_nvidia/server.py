@@ -13,13 +13,12 @@ from grpc_reflection.v1alpha import reflection
 
 from reranker_nvidia.asgi_server import AsgiServer
 from reranker_nvidia.grpc_auth import TokenInterceptor
-from reranker_nvidia.grpc_service import RerankerService
+from reranker_nvidia.grpc_service import RerankerService, add_to_server
 from reranker_nvidia.http_app import create_http_app
 from reranker_nvidia.meta import describe
 from reranker_nvidia.ranker import Ranker
 from reranker_nvidia.settings import Settings
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
-from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("reranker_nvidia.server")
 
@@ -57,9 +56,7 @@ class SidecarServer:
             interceptors=[TokenInterceptor(token.get_secret_value())] if token else None,
             options=[("grpc.max_receive_message_length", self.settings.max_body_bytes)],
         )
-        pb_grpc.add_RerankerServiceServicer_to_server(
-            RerankerService(self.ranker, describe(self.settings)), grpc_server
-        )
+        add_to_server(RerankerService(self.ranker, describe(self.settings)), grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, grpc_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
@@ -99,8 +96,9 @@ class SidecarServer:
                 self.ranker.admission.in_flight,
                 grace,
             )
+        # Whatever the drain did not finish gets a moment to write its answer, no more.
         if self._grpc is not None:
-            await asyncio.gather(self._grpc.stop(1.0), self._http.stop())
+            await asyncio.gather(self._grpc.stop(1.0), self._http.stop(1.0))
         await self.ranker.aclose()
 
     async def serve_until_signalled(self) -> None:

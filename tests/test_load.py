@@ -1,0 +1,151 @@
+"""Back-pressure past RERANKER_MAX_IN_FLIGHT, and a graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reranker_nvidia.client import AsyncRerankerClient, RerankerClient
+from reranker_nvidia.errors import ErrorCode, RerankError
+from tests.conftest import SidecarFactory
+from tests.support import Emulator
+
+BODY = {"query": "which way", "documents": ["this way", "that way"]}
+SCRIPT = str(Path(sys.executable).parent / "reranker-nvidia")
+
+
+async def test_requests_past_the_limit_are_refused_at_once(
+    make_sidecar: SidecarFactory, emulator: Emulator
+) -> None:
+    sidecar = make_sidecar(max_in_flight=2)
+    emulator.state.delay_s = 0.5
+
+    async def timed(client: httpx.AsyncClient) -> tuple[httpx.Response, float]:
+        start = time.monotonic()
+        response = await client.post("/rerank", json=BODY)
+        return response, time.monotonic() - start
+
+    async with httpx.AsyncClient(base_url=sidecar.http_url, timeout=10) as client:
+        results = await asyncio.gather(*(timed(client) for _ in range(6)))
+    statuses = sorted(response.status_code for response, _ in results)
+    assert statuses == [200, 200, 503, 503, 503, 503]
+    for response, elapsed in results:
+        if response.status_code == 503:
+            assert response.headers["Retry-After"] == "1"
+            assert "RERANKER_MAX_IN_FLIGHT" in response.json()["error"]
+            assert elapsed < 0.4, "refused at once, not queued"
+    assert len(emulator.state.calls) == 2
+
+    async with AsyncRerankerClient(sidecar.grpc_target) as grpc_client:
+        outcomes = await asyncio.gather(
+            *(grpc_client.rank("q", ["a"]) for _ in range(5)), return_exceptions=True
+        )
+    refused = [o for o in outcomes if isinstance(o, RerankError)]
+    assert len(refused) == 3
+    assert {error.code for error in refused} == {ErrorCode.RESOURCE_EXHAUSTED}
+
+
+@pytest.fixture
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NVIDIA_", "RERANKER_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], int, int]:
+    process = subprocess.Popen(
+        [SCRIPT, "serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if match := re.search(r"HTTP on 127\.0\.0\.1:(\d+) and gRPC on 127\.0\.0\.1:(\d+)", line):
+            return process, int(match[1]), int(match[2])
+    raise AssertionError("the sidecar did not start")
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_zero(
+    emulator: Emulator, clean_env: dict[str, str]
+) -> None:
+    emulator.state.delay_s = 1.5
+    env = {**clean_env, "RERANKER_BASE_URL": emulator.url, "RERANKER_SHUTDOWN_GRACE_S": "10"}
+    process, http_port, grpc_port = _serve(env)
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        in_flight: list[httpx.Response] = []
+        worker = threading.Thread(
+            target=lambda: in_flight.append(httpx.post(url + "/rerank", json=BODY, timeout=10))
+        )
+        worker.start()
+        deadline = time.monotonic() + 5
+        while emulator.state.in_flight == 0:
+            assert time.monotonic() < deadline, "the request never reached the upstream"
+            time.sleep(0.01)
+
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 2
+        while httpx.get(url + "/.well-known/ready").status_code != 503:
+            assert time.monotonic() < deadline, "readiness did not turn 503"
+            time.sleep(0.01)
+        refused = httpx.post(url + "/rerank", json=BODY)
+        assert refused.status_code == 503
+        assert "shutting down" in refused.json()["error"]
+        assert refused.headers["Retry-After"] == "1"
+        with (
+            RerankerClient(f"127.0.0.1:{grpc_port}") as client,
+            pytest.raises(RerankError) as raised,
+        ):
+            client.rank("q", ["a"])
+        assert raised.value.code is ErrorCode.UNAVAILABLE
+
+        worker.join(10)
+        assert in_flight and in_flight[0].status_code == 200, "the in-flight request finished"
+        assert process.wait(10) == 0
+        assert len(emulator.state.calls) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def test_sigterm_stops_after_the_grace_period_even_if_requests_remain(
+    emulator: Emulator, clean_env: dict[str, str]
+) -> None:
+    emulator.state.delay_s = 5
+    env = {**clean_env, "RERANKER_BASE_URL": emulator.url, "RERANKER_SHUTDOWN_GRACE_S": "0.5"}
+    process, http_port, _ = _serve(env)
+    try:
+        worker = threading.Thread(
+            target=lambda: httpx.post(
+                f"http://127.0.0.1:{http_port}/rerank", json=BODY, timeout=10
+            ),
+            daemon=True,
+        )
+        worker.start()
+        while emulator.state.in_flight == 0:
+            time.sleep(0.01)
+        start = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        assert time.monotonic() - start < 4
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        assert process.stdout is not None
+        process.stdout.close()
