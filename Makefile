@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PROTO_FILES := proto/reranker_nvidia/v1/reranker_service.proto
 
-.PHONY: install run test lint format proto emulate demo clean
+.PHONY: install run test lint format proto emulate demo soak clean
 
 install: $(INSTALLED)
 
@@ -23,6 +23,11 @@ emulate: $(INSTALLED)
 
 demo: $(INSTALLED)
 	$(BIN)/python -m reranker_nvidia.demo
+
+SOAK_SECONDS ?= 60
+SOAK_RATE ?= 50
+soak: $(INSTALLED)
+	$(BIN)/python bench/soak.py --duration $(SOAK_SECONDS) --rate $(SOAK_RATE)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

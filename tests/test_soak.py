@@ -1,0 +1,27 @@
+"""`make soak` runs end to end: a short, slow soak reports its figures and finds no errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
+
+
+def test_a_short_soak_reports_requests_errors_and_rss() -> None:
+    result = subprocess.run(
+        [sys.executable, str(SOAK), "--duration", "2", "--rate", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = result.stdout
+    found = re.search(r"^\s+requests\s+(\d+)$", report, re.M)
+    assert found, report
+    requests = int(found[1])
+    assert 30 <= requests <= 50
+    assert "unexpected errors   0" in report
+    assert "sidecar RSS MiB     start" in report
