@@ -14,6 +14,7 @@ from tests.support import (
     CaptureServer,
     Emulator,
     Sidecar,
+    clean_environment,
     sidecar_settings,
     start_emulator,
 )
@@ -70,6 +71,11 @@ def make_sidecar(background: BackgroundLoop, emulator: Emulator) -> Iterator[Sid
 @pytest.fixture
 def sidecar(make_sidecar: SidecarFactory) -> Sidecar:
     return make_sidecar()
+
+
+@pytest.fixture
+def clean_env() -> dict[str, str]:
+    return clean_environment()
 
 
 @pytest.fixture

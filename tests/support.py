@@ -7,9 +7,16 @@ CLI) and async clients (in the test's loop) talk to them alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import re
+import subprocess
+import sys
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from reranker_nvidia.asgi_server import AsgiServer
@@ -19,6 +26,7 @@ from reranker_nvidia.settings import Settings
 
 T = TypeVar("T")
 
+SCRIPT = str(Path(sys.executable).parent / "reranker-nvidia")
 SERVER_KEY = "nvapi-server-key-0123456789"
 REQUEST_KEY = "nvapi-request-key-9876543210"
 
@@ -126,3 +134,42 @@ def sidecar_settings(upstream_url: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without any key or setting of the developer's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NVIDIA_", "RERANKER_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@contextlib.contextmanager
+def running(
+    args: list[str], env: dict[str, str], ready: str
+) -> Iterator[tuple[subprocess.Popen[str], re.Match[str]]]:
+    """``reranker-nvidia ARGS`` as a process, once it printed a line matching ``ready``.
+
+    The process is killed on the way out if it is still running.
+    """
+    process = subprocess.Popen(
+        [SCRIPT, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    try:
+        deadline = time.monotonic() + 30
+        seen: list[str] = []
+        match = None
+        while match is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            match = re.search(ready, line)
+        if match is None:
+            raise AssertionError(f"{args[0]} did not start:\n{''.join(seen)}")
+        yield process, match
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        process.stdout.close()

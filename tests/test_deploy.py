@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,9 @@ import yaml
 
 from reranker_nvidia.settings import Settings
 from tests.conftest import SidecarFactory
+from tests.support import SCRIPT
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = str(Path(sys.executable).parent / "reranker-nvidia")
 
 
 def dockerfile() -> list[tuple[str, str]]:

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,10 +13,9 @@ import pytest
 from reranker_nvidia.client import AsyncRerankerClient, RerankerClient
 from reranker_nvidia.errors import ErrorCode, RerankError
 from tests.conftest import SidecarFactory
-from tests.support import Emulator
+from tests.support import Emulator, running
 
 BODY = {"query": "which way", "documents": ["this way", "that way"]}
-SCRIPT = str(Path(sys.executable).parent / "reranker-nvidia")
 
 
 async def test_requests_past_the_limit_are_refused_at_once(
@@ -55,26 +49,8 @@ async def test_requests_past_the_limit_are_refused_at_once(
     assert {error.code for error in refused} == {ErrorCode.RESOURCE_EXHAUSTED}
 
 
-@pytest.fixture
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NVIDIA_", "RERANKER_"))}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], int, int]:
-    process = subprocess.Popen(
-        [SCRIPT, "serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if match := re.search(r"HTTP on 127\.0\.0\.1:(\d+) and gRPC on 127\.0\.0\.1:(\d+)", line):
-            return process, int(match[1]), int(match[2])
-    raise AssertionError("the sidecar did not start")
+SERVE = ["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
+SERVING = r"HTTP on 127\.0\.0\.1:(\d+) and gRPC on 127\.0\.0\.1:(\d+)"
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_zero(
@@ -82,9 +58,8 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(
 ) -> None:
     emulator.state.delay_s = 1.5
     env = {**clean_env, "RERANKER_BASE_URL": emulator.url, "RERANKER_SHUTDOWN_GRACE_S": "10"}
-    process, http_port, grpc_port = _serve(env)
-    url = f"http://127.0.0.1:{http_port}"
-    try:
+    with running(SERVE, env, SERVING) as (process, ports):
+        url = f"http://127.0.0.1:{ports[1]}"
         in_flight: list[httpx.Response] = []
         worker = threading.Thread(
             target=lambda: in_flight.append(httpx.post(url + "/rerank", json=BODY, timeout=10))
@@ -104,10 +79,8 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(
         assert refused.status_code == 503
         assert "shutting down" in refused.json()["error"]
         assert refused.headers["Retry-After"] == "1"
-        with (
-            RerankerClient(f"127.0.0.1:{grpc_port}") as client,
-            pytest.raises(RerankError) as raised,
-        ):
+        client = RerankerClient(f"127.0.0.1:{ports[2]}")
+        with client, pytest.raises(RerankError) as raised:
             client.rank("q", ["a"])
         assert raised.value.code is ErrorCode.UNAVAILABLE
 
@@ -115,12 +88,6 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(
         assert in_flight and in_flight[0].status_code == 200, "the in-flight request finished"
         assert process.wait(10) == 0
         assert len(emulator.state.calls) == 1
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        assert process.stdout is not None
-        process.stdout.close()
 
 
 def test_sigterm_stops_after_the_grace_period_even_if_requests_remain(
@@ -128,13 +95,10 @@ def test_sigterm_stops_after_the_grace_period_even_if_requests_remain(
 ) -> None:
     emulator.state.delay_s = 5
     env = {**clean_env, "RERANKER_BASE_URL": emulator.url, "RERANKER_SHUTDOWN_GRACE_S": "0.5"}
-    process, http_port, _ = _serve(env)
-    try:
+    with running(SERVE, env, SERVING) as (process, ports):
+        url = f"http://127.0.0.1:{ports[1]}/rerank"
         worker = threading.Thread(
-            target=lambda: httpx.post(
-                f"http://127.0.0.1:{http_port}/rerank", json=BODY, timeout=10
-            ),
-            daemon=True,
+            target=lambda: httpx.post(url, json=BODY, timeout=10), daemon=True
         )
         worker.start()
         while emulator.state.in_flight == 0:
@@ -143,9 +107,3 @@ def test_sigterm_stops_after_the_grace_period_even_if_requests_remain(
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
         assert time.monotonic() - start < 4
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        assert process.stdout is not None
-        process.stdout.close()

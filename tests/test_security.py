@@ -6,7 +6,6 @@ import logging
 import os
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -20,10 +19,9 @@ from reranker_nvidia.emulator import Fault
 from reranker_nvidia.errors import ErrorCode, RerankError
 from reranker_nvidia.hits import Hit
 from tests.conftest import SidecarFactory
-from tests.support import REQUEST_KEY, SERVER_KEY, CaptureServer, Emulator
+from tests.support import REQUEST_KEY, SCRIPT, SERVER_KEY, CaptureServer, Emulator
 
 TOKEN = "caller-token-5f0c2a"
-SCRIPT = str(Path(sys.executable).parent / "reranker-nvidia")
 
 
 def rerank(url: str, headers: dict[str, str] | None = None) -> httpx.Response:
