@@ -21,8 +21,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,13 +68,17 @@ def start(
     )
     assert process.stdout is not None
     deadline = time.monotonic() + 30
+    match = None
     for line in process.stdout:
-        if match := re.search(pattern, line):
-            return process, match
-        if time.monotonic() > deadline:
+        match = re.search(pattern, line)
+        if match or time.monotonic() > deadline:
             break
-    process.kill()
-    raise SystemExit(f"{args[0]} did not start")
+    if match is None:
+        process.kill()
+        raise SystemExit(f"{args[0]} did not start")
+    # Keep reading what it prints: a full pipe would stop the process at its next log line.
+    threading.Thread(target=lambda: deque(process.stdout or (), maxlen=0), daemon=True).start()
+    return process, match
 
 
 @dataclass

@@ -55,15 +55,23 @@ class AsgiServer:
         self._task: asyncio.Task[None] | None = None
 
     @property
-    def port(self) -> int:
+    def listener(self) -> socket.socket:
         if self._socket is None:
             raise RuntimeError("server not started")
-        return int(self._socket.getsockname()[1])
+        return self._socket
+
+    @property
+    def port(self) -> int:
+        return int(self.listener.getsockname()[1])
 
     async def start(self) -> None:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on connections accepted
+        # from a socket that says it is TCP, and without it every response that goes out in
+        # two writes (headers, then body) waits ~40 ms for the client's delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((self._host, self._port))
         sock.set_inheritable(True)
         self._socket = sock

@@ -106,6 +106,10 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if logging.getLogger().level > logging.DEBUG:
+        # httpx logs every NIM call at INFO: one line per upstream call is noise, not news.
+        for chatty in ("httpx", "httpcore"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     asyncio.run(SidecarServer(settings).serve_until_signalled())
     return 0
 

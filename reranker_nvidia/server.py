@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 
 import grpc
 from grpc import aio as grpc_aio
@@ -48,6 +49,10 @@ class SidecarServer:
     @property
     def http_port(self) -> int:
         return self._http.port
+
+    @property
+    def http_listener(self) -> socket.socket:
+        return self._http.listener
 
     async def start(self) -> None:
         # A grpc.aio server belongs to the loop it is created in: create it in the serving loop.

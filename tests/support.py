@@ -155,6 +155,7 @@ def running(
         [SCRIPT, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert process.stdout is not None
+    reader: threading.Thread | None = None
     try:
         deadline = time.monotonic() + 30
         seen: list[str] = []
@@ -167,9 +168,14 @@ def running(
             match = re.search(ready, line)
         if match is None:
             raise AssertionError(f"{args[0]} did not start:\n{''.join(seen)}")
+        # Keep reading what it prints: a full pipe would stop it at its next log line.
+        reader = threading.Thread(target=lambda: seen.extend(process.stdout or ()), daemon=True)
+        reader.start()
         yield process, match
     finally:
         if process.poll() is None:
             process.kill()
         process.wait(10)
+        if reader is not None:
+            reader.join(5)
         process.stdout.close()
