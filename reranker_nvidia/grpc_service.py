@@ -61,14 +61,16 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
         self._meta = meta
 
     async def Rank(self, request: pb.RankRequest, context: Context) -> pb.RankResponse:
-        return await _answer(
-            context, self._rank(request, _metadata(context), context.time_remaining())
-        )
+        with self._ranker.arriving():
+            return await _answer(
+                context, self._rank(request, _metadata(context), context.time_remaining())
+            )
 
     async def Rerank(self, request: pb.RerankRequest, context: Context) -> pb.RerankResponse:
-        return await _answer(
-            context, self._rerank(request, _metadata(context), context.time_remaining())
-        )
+        with self._ranker.arriving():
+            return await _answer(
+                context, self._rerank(request, _metadata(context), context.time_remaining())
+            )
 
     async def GetMeta(self, request: pb.GetMetaRequest, context: Context) -> pb.GetMetaResponse:
         return pb.GetMetaResponse(**self._meta.as_dict())

@@ -39,5 +39,6 @@ def create_http_app(ranker: Ranker, is_ready: Callable[[], bool]) -> FastAPI:
         render=render_for_path,
         max_body_bytes=settings.max_body_bytes,
         auth_token=settings.auth_token.get_secret_value() if settings.auth_token else None,
+        arriving=ranker.arriving,
     )
     return app

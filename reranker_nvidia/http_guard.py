@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,8 +41,10 @@ class HttpGuard:
         render: PathErrorRenderer,
         max_body_bytes: int,
         auth_token: str | None,
+        arriving: Callable[[], AbstractContextManager[None]],
     ) -> None:
         self._app = app
+        self._arriving = arriving
         self._render = render
         self._max_body_bytes = max_body_bytes
         self._auth_token = auth_token
@@ -50,6 +53,10 @@ class HttpGuard:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        with self._arriving():
+            await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if self._auth_token is not None and path not in OPEN_HTTP_PATHS:
             given = _header(scope, _TOKEN_HEADER)

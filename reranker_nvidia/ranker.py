@@ -7,15 +7,17 @@ URLs, validates limits, chunks, or talks to NIM itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
 
 from reranker_nvidia.admission import Admission
+from reranker_nvidia.coalesce import Coalescer
 from reranker_nvidia.endpoints import is_hosted, normalise_model, resolve_endpoint
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.retry import RetryPolicy
+from reranker_nvidia.score_cache import ScoreCache, digest, scope_digest
 from reranker_nvidia.settings import Settings
 from reranker_nvidia.ssrf import Resolver, check_url_text, origin, system_resolver
 from reranker_nvidia.upstream import NimClient, UpstreamRanking, Usage, redact_url
@@ -26,8 +28,6 @@ NO_KEY_MESSAGE = (
     "no api key found neither in request header: X-Nvidia-Api-Key "
     "(gRPC metadata: x-nvidia-api-key) nor in environment variable under NVIDIA_APIKEY"
 )
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,27 @@ class Ranker:
             settings.max_retries, settings.retry_base_delay_s, settings.retry_max_delay_s
         )
         self._upstream_slots = asyncio.Semaphore(settings.upstream_concurrency)
+        self.cache = ScoreCache(
+            max_entries=settings.cache_size,
+            max_bytes=settings.cache_max_bytes,
+            ttl_s=settings.cache_ttl_s,
+        )
+        self.coalescer = Coalescer(
+            self._call,
+            max_passages=settings.max_passages_per_call,
+            window_s=settings.coalesce_window_ms / 1000,
+            on_scored=self.cache.put_many,
+        )
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Surfaces wrap each request in this from the moment it arrives, so that batches
+        waiting for company know a request may still join them."""
+        self.coalescer.enter()
+        try:
+            yield
+        finally:
+            self.coalescer.leave()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, resolver: Resolver = system_resolver) -> Ranker:
@@ -204,21 +225,28 @@ class Ranker:
         top_n: int | None,
         deadline: float,
     ) -> Ranking:
+        """Cached scores first; only the misses go upstream, through the coalescer, which
+        splits them into calls of at most ``max_passages_per_call`` sent concurrently."""
         if not documents:
             return Ranking([], target.model, top_n=top_n)
-        size = self.settings.max_passages_per_call
-        starts = range(0, len(documents), size)
-        answers = await _all_or_none(
-            [
-                self._call(target, query, documents[start : start + size], deadline)
-                for start in starts
-            ]
+        prefix = scope_digest(target.endpoint, target.model, target.truncate) + digest(query)
+        keys = [prefix + digest(document) for document in documents]
+        found: list[float | None] = (
+            self.cache.get_many(keys) if self.cache.enabled else [None] * len(keys)
         )
-        scores: list[float] = []
+        missing = [index for index, score in enumerate(found) if score is None]
         usage = Usage()
-        for answer in answers:
-            scores.extend(answer.logits)
-            usage += answer.usage
+        if missing:
+            logits, usage = await self.coalescer.score(
+                target,
+                query,
+                [documents[index] for index in missing],
+                [keys[index] for index in missing],
+                deadline,
+            )
+            for index, logit in zip(missing, logits, strict=True):
+                found[index] = logit
+        scores = [score if score is not None else 0.0 for score in found]
         return Ranking(scores, target.model, usage, top_n)
 
     async def _call(
@@ -288,17 +316,3 @@ def _cleaned(options: RankOptions) -> RankOptions:
         truncate=blank_to_none(options.truncate),
         api_key=api_key,
     )
-
-
-async def _all_or_none(calls: Sequence[Awaitable[T]]) -> list[T]:
-    """Run ``calls`` concurrently; on the first failure cancel the rest and raise it."""
-    if len(calls) == 1:
-        return [await calls[0]]
-    tasks = [asyncio.ensure_future(call) for call in calls]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     allowed_base_urls: Annotated[tuple[str, ...], NoDecode] = ()
     auth_token: SecretStr | None = None
+    cache_size: int = Field(default=100_000, ge=0)
+    cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    cache_ttl_s: float = Field(default=3600.0, gt=0)
+    coalesce_window_ms: float = Field(default=3.0, ge=0)
+    log_format: Literal["text", "json"] = "text"
     tls_cert: Path | None = None
     tls_key: Path | None = None
     log_level: str = "INFO"

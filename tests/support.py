@@ -131,6 +131,8 @@ def sidecar_settings(upstream_url: str, **overrides: Any) -> Settings:
         "log_level": "WARNING",
         # Error-mapping tests see each upstream failure as it is; retry tests turn this up.
         "max_retries": 0,
+        # Each test sees its own upstream calls; cache tests turn the cache on.
+        "cache_size": 0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -24,13 +24,14 @@ async def test_requests_past_the_limit_are_refused_at_once(
     sidecar = make_sidecar(max_in_flight=2)
     emulator.state.delay_s = 0.5
 
-    async def timed(client: httpx.AsyncClient) -> tuple[httpx.Response, float]:
+    async def timed(client: httpx.AsyncClient, number: int) -> tuple[httpx.Response, float]:
         start = time.monotonic()
-        response = await client.post("/rerank", json=BODY)
+        body = {**BODY, "query": f"which way {number}"}  # distinct, so none share a call
+        response = await client.post("/rerank", json=body)
         return response, time.monotonic() - start
 
     async with httpx.AsyncClient(base_url=sidecar.http_url, timeout=10) as client:
-        results = await asyncio.gather(*(timed(client) for _ in range(6)))
+        results = await asyncio.gather(*(timed(client, number) for number in range(6)))
     statuses = sorted(response.status_code for response, _ in results)
     assert statuses == [200, 200, 503, 503, 503, 503]
     for response, elapsed in results:
@@ -42,7 +43,8 @@ async def test_requests_past_the_limit_are_refused_at_once(
 
     async with AsyncRerankerClient(sidecar.grpc_target) as grpc_client:
         outcomes = await asyncio.gather(
-            *(grpc_client.rank("q", ["a"]) for _ in range(5)), return_exceptions=True
+            *(grpc_client.rank(f"q{number}", ["a"]) for number in range(5)),
+            return_exceptions=True,
         )
     refused = [o for o in outcomes if isinstance(o, RerankError)]
     assert len(refused) == 3

@@ -62,7 +62,7 @@ async def test_chunking_keeps_every_score_at_its_document(
 
 
 async def test_usage_is_summed_over_chunks(make_ranker: RankerFactory) -> None:
-    documents = ["alpha beta", "gamma"] * 300
+    documents = [f"alpha beta {i}" if i % 2 else f"gamma {i}" for i in range(600)]
     ranking = await make_ranker(max_passages_per_call=100).rank("alpha", documents)
     pair_tokens = sum(1 + len(terms(document)) for document in documents)
     assert ranking.usage.prompt_tokens == pair_tokens
