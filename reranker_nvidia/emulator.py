@@ -77,13 +77,17 @@ class RecordedCall:
 
 @dataclass(frozen=True)
 class Fault:
-    """An answer to give instead of a ranking: any status, JSON or raw body, and headers."""
+    """An answer to give instead of a ranking: any status, JSON or raw body, and headers.
+
+    With ``for_query`` set, only a request for that query text gets it.
+    """
 
     status: int
     body: object = None
     raw: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    for_query: str | None = None
 
     def response(self) -> Response:
         if self.raw is not None:
@@ -102,6 +106,13 @@ class EmulatorState:
     calls: list[RecordedCall] = field(default_factory=list)
     in_flight: int = 0
     peak_in_flight: int = 0
+
+    def take_fault(self, query: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.for_query is None or fault.for_query == query:
+                self.faults.remove(fault)
+                return fault
+        return None
 
     def reset(self) -> None:
         self.api_key = None
@@ -132,7 +143,7 @@ def create_emulator_app(state: EmulatorState | None = None) -> FastAPI:
                 {"detail": f"model {body.model!r} is not served at {request.url.path}"},
                 status_code=404,
             )
-        fault = state.faults.popleft() if state.faults else None
+        fault = state.take_fault(body.query.text)
         state.in_flight += 1
         state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
         try:

@@ -1,0 +1,136 @@
+"""The pair-level score cache: hits, partial hits, eviction, TTL, off, and no cached errors."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from reranker_nvidia.emulator import Fault, lexical_logit, terms
+from reranker_nvidia.errors import ErrorCode, RerankError
+from reranker_nvidia.ranker import Ranker, RankOptions
+from reranker_nvidia.score_cache import ENTRY_BYTES, ScoreCache, digest, scope_digest
+from reranker_nvidia.settings import Settings
+from tests.conftest import SidecarFactory
+from tests.support import REQUEST_KEY, Emulator
+
+QUERY = "which way should i go"
+
+
+def rerank(url: str, documents: list[str], **headers: str) -> list[float]:
+    response = httpx.post(
+        url + "/rerank", json={"query": QUERY, "documents": documents}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    return [entry["score"] for entry in response.json()["scores"]]
+
+
+def expected(documents: list[str]) -> list[float]:
+    return [lexical_logit(terms(QUERY), terms(document)) for document in documents]
+
+
+def test_a_repeated_request_is_served_from_the_cache(
+    make_sidecar: SidecarFactory, emulator: Emulator
+) -> None:
+    sidecar = make_sidecar(cache_size=1000)
+    documents = ["go this way", "bananas", "which way"]
+    first = rerank(sidecar.http_url, documents)
+    second = rerank(sidecar.http_url, documents)
+    assert first == second == pytest.approx(expected(documents))
+    assert len(emulator.state.calls) == 1
+    cache = sidecar.server.ranker.cache
+    assert (cache.hits, cache.misses) == (3, 3)
+
+
+def test_only_the_misses_of_a_request_go_upstream(
+    make_sidecar: SidecarFactory, emulator: Emulator
+) -> None:
+    sidecar = make_sidecar(cache_size=1000)
+    rerank(sidecar.http_url, ["a way", "b way", "c"])
+    documents = ["new way", "b way", "another", "a way"]
+    scores = rerank(sidecar.http_url, documents)
+    assert scores == pytest.approx(expected(documents))
+    assert [call.passages for call in emulator.state.calls] == [3, 2]
+
+
+def test_scores_are_shared_across_callers_keys(
+    make_sidecar: SidecarFactory, emulator: Emulator
+) -> None:
+    sidecar = make_sidecar(cache_size=1000)
+    rerank(sidecar.http_url, ["a way"])
+    rerank(sidecar.http_url, ["a way"], **{"X-Nvidia-Api-Key": REQUEST_KEY})
+    assert len(emulator.state.calls) == 1
+
+
+def test_the_cache_is_scoped_by_model_and_query(
+    make_sidecar: SidecarFactory, emulator: Emulator
+) -> None:
+    sidecar = make_sidecar(cache_size=1000)
+    body = {"query": {"text": QUERY}, "passages": [{"text": "a way"}]}
+    url = sidecar.http_url + "/v1/ranking"
+    httpx.post(url, json=body)
+    httpx.post(url, json={**body, "model": "nvidia/llama-3.2-nv-rerankqa-1b-v2"})
+    httpx.post(url, json={**body, "query": {"text": "another query"}})
+    httpx.post(url, json={**body, "truncate": "END"})
+    httpx.post(url, json=body)
+    assert len(emulator.state.calls) == 4
+
+
+def test_errors_are_never_cached(make_sidecar: SidecarFactory, emulator: Emulator) -> None:
+    sidecar = make_sidecar(cache_size=1000)
+    emulator.state.faults.append(Fault(500, {"detail": "down"}))
+    failed = httpx.post(sidecar.http_url + "/rerank", json={"query": QUERY, "documents": ["a"]})
+    assert failed.status_code == 502
+    assert rerank(sidecar.http_url, ["a"]) == pytest.approx(expected(["a"]))
+    assert len(emulator.state.calls) == 2
+    assert len(sidecar.server.ranker.cache) == 1
+
+
+def test_a_cache_of_size_zero_is_off(make_sidecar: SidecarFactory, emulator: Emulator) -> None:
+    sidecar = make_sidecar(cache_size=0)
+    rerank(sidecar.http_url, ["a way"])
+    rerank(sidecar.http_url, ["a way"])
+    assert len(emulator.state.calls) == 2
+    assert not sidecar.server.ranker.cache.enabled
+
+
+def test_least_recently_used_entries_go_first() -> None:
+    cache = ScoreCache(max_entries=2, max_bytes=10**9, ttl_s=60)
+    cache.put_many([b"a", b"b"], [1.0, 2.0])
+    assert cache.get_many([b"a"]) == [1.0]  # a is now the most recent
+    cache.put_many([b"c"], [3.0])
+    assert cache.get_many([b"a", b"b", b"c"]) == [1.0, None, 3.0]
+
+
+def test_the_byte_bound_limits_entries() -> None:
+    cache = ScoreCache(max_entries=1000, max_bytes=3 * ENTRY_BYTES, ttl_s=60)
+    cache.put_many([bytes([i]) for i in range(10)], [float(i) for i in range(10)])
+    assert len(cache) == 3
+    assert cache.size_bytes <= 3 * ENTRY_BYTES
+    assert cache.get_many([b"\x09", b"\x00"]) == [9.0, None]
+
+
+def test_entries_expire_after_the_ttl() -> None:
+    now = [0.0]
+    cache = ScoreCache(max_entries=10, max_bytes=10**6, ttl_s=5, clock=lambda: now[0])
+    cache.put_many([b"k"], [1.5])
+    now[0] = 4.9
+    assert cache.get_many([b"k"]) == [1.5]
+    now[0] = 5.0
+    assert cache.get_many([b"k"]) == [None]
+    assert len(cache) == 0
+
+
+async def test_no_usable_key_is_refused_before_the_cache_is_read() -> None:
+    settings = Settings(api_key=None, base_url="https://ai.api.nvidia.com", cache_size=100)
+    ranker = Ranker.from_settings(settings)
+    try:
+        target = ranker.resolve(RankOptions(api_key=REQUEST_KEY))
+        prefix = scope_digest(target.endpoint, target.model, target.truncate) + digest(QUERY)
+        ranker.cache.put_many([prefix + digest("a")], [1.0])
+        assert (await ranker.rank(QUERY, ["a"], RankOptions(api_key=REQUEST_KEY))).scores == [1.0]
+        with pytest.raises(RerankError) as raised:
+            await ranker.rank(QUERY, ["a"])
+        assert raised.value.code is ErrorCode.UNAUTHENTICATED
+        assert ranker.cache.hits == 1
+    finally:
+        await ranker.aclose()
