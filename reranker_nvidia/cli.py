@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from reranker_nvidia import __version__
+from reranker_nvidia import __version__, logs
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.settings import Settings
 
@@ -102,14 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
             field = ".".join(str(part) for part in problem["loc"])
             print(f"reranker-nvidia: invalid setting {field}: {problem['msg']}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if logging.getLogger().level > logging.DEBUG:
-        # httpx logs every NIM call at INFO: one line per upstream call is noise, not news.
-        for chatty in ("httpx", "httpcore"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
+    logs.configure(settings.log_level, settings.log_format)
     asyncio.run(SidecarServer(settings).serve_until_signalled())
     return 0
 
@@ -173,9 +166,7 @@ def _emulate(args: argparse.Namespace) -> int:
     from reranker_nvidia.asgi_server import AsgiServer
     from reranker_nvidia.emulator import EmulatorState, create_emulator_app
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure("INFO", "text")
     state = EmulatorState(api_key=args.api_key, delay_s=args.delay_ms / 1000)
 
     async def run() -> None:

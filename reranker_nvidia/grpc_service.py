@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,7 +22,9 @@ from reranker_nvidia.convert import (
 )
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.hits import collection_options, rerank_hits
+from reranker_nvidia.logs import new_request_id, request_id
 from reranker_nvidia.meta import Meta
+from reranker_nvidia.metrics import Metrics
 from reranker_nvidia.ranker import Ranker
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
@@ -30,6 +33,7 @@ log = logging.getLogger("reranker_nvidia.grpc")
 
 
 T = TypeVar("T")
+REQUEST_ID_METADATA = "x-request-id"
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -43,15 +47,29 @@ def _top_n(message: pb.RankRequest | pb.RerankRequest) -> int | None:
     return message.top_n if message.HasField("top_n") else None
 
 
-async def _answer(context: Context, work: Awaitable[T]) -> T:
-    """``work``'s result, or the call aborted with the status its failure maps to."""
+async def _answer(context: Context, work: Awaitable[T], metrics: Metrics) -> T:
+    """``work``'s result, or the call aborted with the status its failure maps to.
+
+    The call gets a request id (the caller's ``x-request-id`` if it is a plain token), sent
+    back as initial metadata and carried by every log line of the call.
+    """
+    rid = new_request_id(_metadata(context).get(REQUEST_ID_METADATA))
+    token = request_id.set(rid)
+    await context.send_initial_metadata(((REQUEST_ID_METADATA, rid),))
+    status = grpc.StatusCode.OK
+    started = time.perf_counter()
     try:
         return await work
     except RerankError as error:
-        await context.abort(status_code_for(error), error.message)
+        status = status_code_for(error)
+        await context.abort(status, error.message)
     except Exception:
+        status = grpc.StatusCode.INTERNAL
         log.exception("unhandled error in a gRPC call")
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        await context.abort(status, "internal error")
+    finally:
+        metrics.observe_request("grpc", status.name, time.perf_counter() - started)
+        request_id.reset(token)
     raise AssertionError("context.abort returned")
 
 
@@ -63,13 +81,17 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
     async def Rank(self, request: pb.RankRequest, context: Context) -> pb.RankResponse:
         with self._ranker.arriving():
             return await _answer(
-                context, self._rank(request, _metadata(context), context.time_remaining())
+                context,
+                self._rank(request, _metadata(context), context.time_remaining()),
+                self._ranker.metrics,
             )
 
     async def Rerank(self, request: pb.RerankRequest, context: Context) -> pb.RerankResponse:
         with self._ranker.arriving():
             return await _answer(
-                context, self._rerank(request, _metadata(context), context.time_remaining())
+                context,
+                self._rerank(request, _metadata(context), context.time_remaining()),
+                self._ranker.metrics,
             )
 
     async def GetMeta(self, request: pb.GetMetaRequest, context: Context) -> pb.GetMetaResponse:

@@ -4,11 +4,14 @@
   ``X-Reranker-Token`` header (401 otherwise).
 - A body over ``RERANKER_MAX_BODY_BYTES`` is refused with 413 before it is parsed.
 - A caller that disconnects cancels its request, and with it the request's upstream calls.
+- Every request gets an id (the caller's ``X-Request-Id`` if it is a plain token), echoed in
+  the response and carried by every log line of the request; its outcome is reported.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -22,11 +25,15 @@ from reranker_nvidia.caller_auth import (
     token_matches,
 )
 from reranker_nvidia.errors import ErrorCode, RerankError
+from reranker_nvidia.logs import REQUEST_ID_HEADER, new_request_id, request_id
 
 # Renders an error in the shape of the contract the path belongs to.
 PathErrorRenderer = Callable[[str, RerankError], Any]
 
 _TOKEN_HEADER = TOKEN_HEADER.lower().encode()
+_REQUEST_ID_HEADER = REQUEST_ID_HEADER.lower().encode()
+# What the outcome is called when the caller left before an answer (as nginx calls it).
+CLIENT_CLOSED = 499
 
 
 class _BodyTooLarge(Exception):
@@ -42,9 +49,11 @@ class HttpGuard:
         max_body_bytes: int,
         auth_token: str | None,
         arriving: Callable[[], AbstractContextManager[None]],
+        observe: Callable[[str, str, int, float], None],
     ) -> None:
         self._app = app
         self._arriving = arriving
+        self._observe = observe
         self._render = render
         self._max_body_bytes = max_body_bytes
         self._auth_token = auth_token
@@ -53,8 +62,27 @@ class HttpGuard:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        with self._arriving():
-            await self._guarded(scope, receive, send)
+        rid = new_request_id(_header(scope, _REQUEST_ID_HEADER))
+        context = request_id.set(rid)
+        status = CLIENT_CLOSED
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (_REQUEST_ID_HEADER, rid.encode()),
+                ]
+            await send(message)
+
+        try:
+            with self._arriving():
+                await self._guarded(scope, receive, send_with_id)
+        finally:
+            self._observe(scope["method"], scope["path"], status, time.perf_counter() - started)
+            request_id.reset(context)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]

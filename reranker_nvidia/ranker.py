@@ -16,6 +16,7 @@ from reranker_nvidia.admission import Admission
 from reranker_nvidia.coalesce import Coalescer
 from reranker_nvidia.endpoints import is_hosted, normalise_model, resolve_endpoint
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
+from reranker_nvidia.metrics import Metrics
 from reranker_nvidia.retry import RetryPolicy
 from reranker_nvidia.score_cache import ScoreCache, digest, scope_digest
 from reranker_nvidia.settings import Settings
@@ -106,6 +107,19 @@ class Ranker:
             window_s=settings.coalesce_window_ms / 1000,
             on_scored=self.cache.put_many,
         )
+        self.metrics = Metrics()
+        self.metrics.read_at_scrape(self._readings)
+
+    def _readings(self) -> dict[str, float]:
+        return {
+            "reranker_cache_hits": self.cache.hits,
+            "reranker_cache_misses": self.cache.misses,
+            "reranker_coalesced_requests": self.coalescer.coalesced_requests,
+            "reranker_coalesced_passages": self.coalescer.coalesced_passages,
+            "reranker_requests_in_flight": self.admission.in_flight,
+            "reranker_cache_entries": len(self.cache),
+            "reranker_cache_bytes": self.cache.size_bytes,
+        }
 
     @contextlib.contextmanager
     def arriving(self) -> Iterator[None]:
@@ -257,22 +271,7 @@ class Ranker:
         while True:
             try:
                 async with self._upstream_slots:
-                    self.upstream_in_flight += 1
-                    try:
-                        return await self._client.rank(
-                            target.endpoint,
-                            model=target.model,
-                            query=query,
-                            passages=passages,
-                            truncate=target.truncate,
-                            api_key=target.api_key,
-                            timeout_s=min(
-                                self.settings.upstream_timeout_s, deadline - time.monotonic()
-                            ),
-                            guarded=target.guarded,
-                        )
-                    finally:
-                        self.upstream_in_flight -= 1
+                    return await self._send(target, query, passages, deadline)
             except RerankError as error:
                 if not self._retry.should_retry(error, attempt):
                     raise
@@ -281,6 +280,36 @@ class Ranker:
                     raise
                 await asyncio.sleep(delay)
                 attempt += 1
+
+    async def _send(
+        self, target: Target, query: str, passages: Sequence[str], deadline: float
+    ) -> UpstreamRanking:
+        """One attempt, counted in the metrics whatever its outcome."""
+        metrics = self.metrics
+        metrics.passages_sent.inc(len(passages))
+        self.upstream_in_flight += 1
+        started = time.perf_counter()
+        try:
+            answer = await self._client.rank(
+                target.endpoint,
+                model=target.model,
+                query=query,
+                passages=passages,
+                truncate=target.truncate,
+                api_key=target.api_key,
+                timeout_s=min(self.settings.upstream_timeout_s, deadline - time.monotonic()),
+                guarded=target.guarded,
+            )
+        except RerankError as error:
+            metrics.upstream_calls.labels(str(error.upstream_status or error.code.value)).inc()
+            raise
+        finally:
+            self.upstream_in_flight -= 1
+            metrics.upstream_seconds.observe(time.perf_counter() - started)
+        metrics.upstream_calls.labels("200").inc()
+        metrics.tokens.labels("prompt").inc(answer.usage.prompt_tokens)
+        metrics.tokens.labels("total").inc(answer.usage.total_tokens)
+        return answer
 
 
 def _check_unicode(field: str, text: str) -> None:

@@ -15,6 +15,7 @@ ROUTES = {
     ("post", "/v1/retrieval/{segment}/reranking"),
     ("post", "/v1/retrieval/{org}/{model}/reranking"),
     ("get", "/v1/models"),
+    ("get", "/metrics"),
     ("post", "/v1/rerank"),
     ("post", "/v2/rerank"),
 }

@@ -1,0 +1,105 @@
+"""Prometheus metrics (``GET /metrics``): one registry per server, never a key in a label.
+
+Counts the core keeps anyway (cache hits, coalesced requests, requests in flight) are read
+at scrape time rather than counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
+
+
+class _Readings(Collector):
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._read()
+        counters = {
+            "reranker_cache_hits": "Passages whose score came from the cache.",
+            "reranker_cache_misses": "Passages whose score was not in the cache.",
+            "reranker_coalesced_requests": "Requests that shared an upstream call with another.",
+            "reranker_coalesced_passages": "Passages answered by another request's call.",
+        }
+        for name, help_text in counters.items():
+            yield CounterMetricFamily(name, help_text, value=values[name])
+        gauges = {
+            "reranker_requests_in_flight": "Requests being served now.",
+            "reranker_cache_entries": "Scores held in the cache.",
+            "reranker_cache_bytes": "Bytes the cache accounts for.",
+        }
+        for name, help_text in gauges.items():
+            yield GaugeMetricFamily(name, help_text, value=values[name])
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "reranker_requests",
+            "Requests by surface (grpc, weaviate, nim, cohere, other) and status.",
+            ["surface", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "reranker_request_duration_seconds",
+            "Time to answer a request, by surface.",
+            ["surface"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_calls = Counter(
+            "reranker_upstream_calls",
+            "Calls to NIM by outcome: the HTTP status, or the error code without one.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.upstream_seconds = Histogram(
+            "reranker_upstream_duration_seconds",
+            "Time of one call to NIM.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.passages_sent = Counter(
+            "reranker_upstream_passages", "Passages sent to NIM.", registry=self.registry
+        )
+        self.tokens = Counter(
+            "reranker_upstream_tokens",
+            "Tokens NIM reported in usage, by kind (prompt, total).",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def read_at_scrape(self, read: Callable[[], dict[str, float]]) -> None:
+        self.registry.register(_Readings(read))
+
+    def observe_request(self, surface: str, status: str, seconds: float) -> None:
+        self.requests.labels(surface, status).inc()
+        self.request_seconds.labels(surface).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
