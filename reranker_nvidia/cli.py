@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +103,18 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"reranker-nvidia: invalid setting {field}: {problem['msg']}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    asyncio.run(SidecarServer(settings).serve_until_signalled())
+    _run(SidecarServer(settings).serve_until_signalled())
     return 0
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed (it is on Linux and macOS), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _healthcheck() -> int:
@@ -182,5 +192,5 @@ def _emulate(args: argparse.Namespace) -> int:
         await stop.wait()
         await server.stop()
 
-    asyncio.run(run())
+    _run(run())
     return 0

@@ -125,11 +125,12 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
     """
 
     def __init__(self, *, limits: httpx.Limits, resolver: Resolver = system_resolver) -> None:
-        super().__init__(limits=limits)
+        super().__init__(limits=limits, http2=True)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
+            http2=True,
             network_backend=_GuardedBackend(resolver),
         )

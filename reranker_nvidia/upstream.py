@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import orjson
 
 from reranker_nvidia import __version__
 from reranker_nvidia.errors import (
@@ -81,7 +82,8 @@ class NimClient:
             # A redirect would carry the key to wherever it points.
             "follow_redirects": False,
         }
-        self._trusted = httpx.AsyncClient(**common)
+        # HTTP/2 where NIM offers it (negotiated over TLS); HTTP/1.1 keep-alive otherwise.
+        self._trusted = httpx.AsyncClient(**common, http2=True)
         self._guarded = httpx.AsyncClient(
             **common, transport=GuardedTransport(limits=limits, resolver=resolver)
         )
@@ -118,12 +120,7 @@ class NimClient:
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._connect_timeout_s))
         try:
             response = await asyncio.wait_for(
-                client.post(
-                    endpoint,
-                    content=json.dumps(body, ensure_ascii=False),
-                    headers=headers,
-                    timeout=timeout,
-                ),
+                client.post(endpoint, content=orjson.dumps(body), headers=headers, timeout=timeout),
                 timeout_s,
             )
         except (httpx.TimeoutException, asyncio.TimeoutError):
@@ -209,9 +206,14 @@ def _parse_ranking(response: httpx.Response, count: int, where: str) -> Upstream
         )
 
     try:
-        payload = response.json()
-    except ValueError:
-        raise broken("the body is not JSON") from None
+        payload = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        # orjson refuses NaN and Infinity; the standard parser reads them, so the answer is
+        # refused below for what it is (a non-finite logit), not as "not JSON".
+        try:
+            payload = json.loads(response.content)
+        except ValueError:
+            raise broken("the body is not JSON") from None
     rankings = payload.get("rankings") if isinstance(payload, dict) else None
     if not isinstance(rankings, list):
         raise broken("no 'rankings' list")
