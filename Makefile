@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PROTO_FILES := proto/reranker_nvidia/v1/reranker_service.proto
 
-.PHONY: install run test lint format proto emulate demo soak clean
+.PHONY: install run test lint format proto emulate demo soak bench clean
 
 install: $(INSTALLED)
 
@@ -23,6 +23,9 @@ emulate: $(INSTALLED)
 
 demo: $(INSTALLED)
 	$(BIN)/python -m reranker_nvidia.demo
+
+bench: $(INSTALLED)
+	$(BIN)/python bench/bench.py
 
 SOAK_SECONDS ?= 60
 SOAK_RATE ?= 50

@@ -9,9 +9,11 @@
 A batch goes out when it is full, when its window has passed, or as soon as no request in
 flight could still join it (every one is already waiting on a batch), after one turn of the
 event loop so that requests that arrived together can join. A lone request thus waits one
-loop turn, never the window. Only requests that would send the same key share a call, and a
-failing call fails exactly the callers that shared it. A shared call is cancelled only when
-every caller waiting for it has gone.
+loop turn, never the window. A request may say that siblings are on their way (a Weaviate
+chunk of exactly 32 documents is one of several); its batch then waits for the window, or
+for a member that says none follow (the last, shorter chunk). Only requests that would
+send the same key share a call, and a failing call fails exactly the callers that shared
+it. A shared call is cancelled only when every caller waiting for it has gone.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class _Batch:
     keys: list[bytes] = field(default_factory=list)
     passages: list[str] = field(default_factory=list)
     waiters: int = 0
+    expecting: bool = False
+    """Every member so far said siblings are on their way."""
     dispatched: bool = False
     result: asyncio.Future[UpstreamRanking] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -82,6 +86,8 @@ class Coalescer:
         passages: Sequence[str],
         keys: Sequence[bytes],
         deadline: float,
+        *,
+        siblings_expected: bool = False,
     ) -> tuple[list[float], Usage]:
         """Logits for ``passages`` (one per key, in order), and this caller's share of usage."""
         places: list[tuple[_Batch, int]] = []
@@ -103,10 +109,11 @@ class Coalescer:
                 continue
             batch = self._open.get(group)
             if batch is None:
-                batch = _Batch(group, target, query, deadline)
+                batch = _Batch(group, target, query, deadline, expecting=siblings_expected)
                 self._open[group] = batch
             elif batch not in own:
                 joined = joined or bool(batch.passages)
+                batch.expecting = batch.expecting and siblings_expected
             batch.deadline = max(batch.deadline, deadline)
             index = len(batch.passages)
             batch.keys.append(key)
@@ -157,7 +164,8 @@ class Coalescer:
     def _dispatch_if_quiet(self) -> None:
         if self._window_s <= 0 or self._active <= self._parked:
             for batch in list(self._open.values()):
-                self._dispatch(batch)
+                if not batch.expecting or self._window_s <= 0:
+                    self._dispatch(batch)
 
     def _dispatch(self, batch: _Batch) -> None:
         if batch.dispatched:

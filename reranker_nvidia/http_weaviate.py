@@ -22,6 +22,10 @@ from reranker_nvidia.http_common import (
 from reranker_nvidia.meta import Meta
 from reranker_nvidia.ranker import Ranker
 
+# Weaviate splits a rerank into chunks of this many documents and sends them in parallel: a
+# full chunk is one of several, so its upstream call may wait a moment for its siblings.
+WEAVIATE_CHUNK_SIZE = 32
+
 
 class WeaviateRerankRequest(BaseModel):
     """Batch mode sends ``documents``; the legacy single mode sends one text as ``property``."""
@@ -84,7 +88,13 @@ def weaviate_router(ranker: Ranker, meta: Meta, is_ready: Callable[[], bool]) ->
         options = header_options(request)
         budget_s = request_budget(request)
         if body.documents is not None:
-            ranking = await ranker.rank(body.query, body.documents, options, budget_s=budget_s)
+            ranking = await ranker.rank(
+                body.query,
+                body.documents,
+                options,
+                budget_s=budget_s,
+                siblings_expected=len(body.documents) == WEAVIATE_CHUNK_SIZE,
+            )
             return WeaviateRerankResponse(
                 query=body.query,
                 scores=[

@@ -194,11 +194,14 @@ class Ranker:
         *,
         top_n: int | None = None,
         budget_s: float | None = None,
+        siblings_expected: bool = False,
     ) -> Ranking:
         """One score per document, in input order; chunks above the per-call passage limit.
 
         ``top_n`` limits ``Ranking.order()``; every document is still scored. The request
         takes at most ``RERANKER_REQUEST_TIMEOUT_S``, or ``budget_s`` if the caller has less.
+        ``siblings_expected``: more requests for the same query are on their way, so the
+        upstream call may wait the coalescing window for them.
         """
         self.check_request(query, documents)
         check_top_n(top_n)
@@ -209,7 +212,14 @@ class Ranker:
         async with self.admission.admit():
             try:
                 return await asyncio.wait_for(
-                    self._rank(target, query, documents, top_n, time.monotonic() + budget),
+                    self._rank(
+                        target,
+                        query,
+                        documents,
+                        top_n,
+                        time.monotonic() + budget,
+                        siblings_expected,
+                    ),
                     budget,
                 )
             except asyncio.TimeoutError:
@@ -238,6 +248,7 @@ class Ranker:
         documents: Sequence[str],
         top_n: int | None,
         deadline: float,
+        siblings_expected: bool = False,
     ) -> Ranking:
         """Cached scores first; only the misses go upstream, through the coalescer, which
         splits them into calls of at most ``max_passages_per_call`` sent concurrently."""
@@ -257,6 +268,7 @@ class Ranker:
                 [documents[index] for index in missing],
                 [keys[index] for index in missing],
                 deadline,
+                siblings_expected=siblings_expected,
             )
             for index, logit in zip(missing, logits, strict=True):
                 found[index] = logit

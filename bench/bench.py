@@ -1,0 +1,448 @@
+"""The sidecar's cost on top of NIM, measured against the NIM emulator on loopback.
+
+    python bench/bench.py [--runs 3] [--quick]
+
+Starts two emulators (one answering at once, one after 50 ms) and a sidecar in front of
+each, all as processes of their own, then measures, each row a median over ``--runs`` runs:
+
+- added latency p50/p99 (sidecar minus a direct call to the same emulator, same requests) at
+  10, 100 and 1,000 passages of ~400 characters, over gRPC Rank and HTTP /rerank, one at a
+  time (a fresh query each request, so no cache hit);
+- throughput at concurrency 1, 16 and 64, 100 passages a request (gRPC Rank);
+- fan-out: 5,000 passages against one 512-passage call, upstream delaying 50 ms a call;
+- cache: a repeated request (hit latency, upstream calls) and a half-overlapping one;
+- Weaviate's pattern: 100 documents as 4 parallel /rerank calls of 32 (upstream calls);
+- the sidecar's peak RSS during the throughput run.
+
+Prints a table and writes bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from reranker_nvidia.client import AsyncRerankerClient
+from reranker_nvidia.ranker import Ranker
+from reranker_nvidia.settings import Settings
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+WORDS = [
+    "rerank",
+    "model",
+    "passage",
+    "order",
+    "query",
+    "score",
+    "vector",
+    "keyword",
+    "hybrid",
+    "search",
+    "index",
+    "token",
+    "latency",
+    "memory",
+    "network",
+    "cluster",
+    "shard",
+    "object",
+]
+_query_numbers = itertools.count()
+
+
+def passage() -> str:
+    words: list[str] = []
+    while sum(len(word) + 1 for word in words) < 400:
+        words.append(random.choice(WORDS))
+    return " ".join(words)
+
+
+def short_passage() -> str:
+    return " ".join(random.choices(WORDS, k=5))
+
+
+def fresh_query() -> str:
+    return f"hybrid search {next(_query_numbers)}"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _script() -> str:
+    local = Path(sys.executable).parent / "reranker-nvidia"
+    return str(local) if local.exists() else shutil.which("reranker-nvidia") or "reranker-nvidia"
+
+
+@contextmanager
+def process(
+    args: list[str], env: dict[str, str], ready: str
+) -> Iterator[tuple[int, re.Match[str]]]:
+    child = subprocess.Popen(
+        [_script(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert child.stdout is not None
+    try:
+        match = None
+        for line in child.stdout:
+            if match := re.search(ready, line):
+                break
+        if match is None:
+            raise SystemExit(f"{args[0]} did not start")
+        threading.Thread(target=lambda: deque(child.stdout or (), maxlen=0), daemon=True).start()
+        yield child.pid, match
+    finally:
+        child.terminate()
+        child.wait(15)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Setup:
+    http: httpx.AsyncClient
+    direct_url: str
+    slow_direct_url: str
+    sidecar_url: str
+    slow_sidecar_url: str
+    grpc: AsyncRerankerClient
+    slow_grpc: AsyncRerankerClient
+    sidecar_pid: int
+
+    async def direct(self, query: str, documents: list[str], slow: bool = False) -> None:
+        url = (self.slow_direct_url if slow else self.direct_url) + "/v1/ranking"
+        chunks = [documents[i : i + 512] for i in range(0, len(documents), 512)]
+        responses = await asyncio.gather(
+            *(
+                self.http.post(
+                    url,
+                    json={
+                        "model": "nvidia/rerank-qa-mistral-4b",
+                        "query": {"text": query},
+                        "passages": [{"text": text} for text in chunk],
+                    },
+                )
+                for chunk in chunks
+            )
+        )
+        for response in responses:
+            response.raise_for_status()
+
+    async def rerank_http(self, query: str, documents: list[str]) -> list[float]:
+        response = await self.http.post(
+            self.sidecar_url + "/rerank", json={"query": query, "documents": documents}
+        )
+        response.raise_for_status()
+        return [entry["score"] for entry in response.json()["scores"]]
+
+    async def upstream_calls(self) -> float:
+        text = (await self.http.get(self.sidecar_url + "/metrics")).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("reranker_upstream_calls_total{")
+        )
+
+
+async def timed(call: Callable[[], Awaitable[object]]) -> float:
+    start = time.perf_counter()
+    await call()
+    return (time.perf_counter() - start) * 1000
+
+
+async def added_latency(setup: Setup, surface: str, count: int, requests: int) -> dict[str, float]:
+    documents = [passage() for _ in range(count)]
+    direct_ms: list[float] = []
+    sidecar_ms: list[float] = []
+
+    async def direct() -> None:
+        await setup.direct(fresh_query(), documents)
+
+    async def through_sidecar() -> None:
+        if surface == "grpc":
+            await setup.grpc.rank(fresh_query(), documents)
+        else:
+            await setup.rerank_http(fresh_query(), documents)
+
+    for _ in range(requests):
+        direct_ms.append(await timed(direct))
+        sidecar_ms.append(await timed(through_sidecar))
+    return {
+        "direct_p50_ms": statistics.median(direct_ms),
+        "sidecar_p50_ms": statistics.median(sidecar_ms),
+        "added_p50_ms": statistics.median(sidecar_ms) - statistics.median(direct_ms),
+        "added_p99_ms": percentile(sidecar_ms, 0.99) - percentile(direct_ms, 0.99),
+    }
+
+
+async def throughput(setup: Setup, concurrency: int, seconds: float) -> dict[str, float]:
+    documents = [passage() for _ in range(100)]
+    done = 0
+    peak = rss_mib(setup.sidecar_pid)
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            await setup.grpc.rank(fresh_query(), documents)
+            done += 1
+
+    async def sample_rss() -> None:
+        nonlocal peak
+        while time.perf_counter() < stop_at:
+            peak = max(peak, rss_mib(setup.sidecar_pid))
+            await asyncio.sleep(0.1)
+
+    start = time.perf_counter()
+    await asyncio.gather(sample_rss(), *(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    return {
+        "requests_per_s": done / elapsed,
+        "passages_per_s": done * 100 / elapsed,
+        "peak_rss_mib": peak,
+    }
+
+
+async def fan_out(setup: Setup) -> dict[str, float]:
+    # Short passages: the emulator scores on one core, so with ~400 characters ten parallel
+    # calls would measure its CPU, not how well the sidecar fans out.
+    many = [short_passage() for _ in range(5000)]
+    one_call = [short_passage() for _ in range(512)]
+    single = await timed(lambda: setup.direct(fresh_query(), one_call, slow=True))
+    direct_fan_out = await timed(lambda: setup.direct(fresh_query(), many, slow=True))
+    fanned = await timed(lambda: setup.slow_grpc.rank(fresh_query(), many))
+    return {
+        "single_call_ms": single,
+        "direct_fan_out_ms": direct_fan_out,
+        "five_thousand_ms": fanned,
+        "ratio": fanned / single,
+    }
+
+
+async def cache(setup: Setup, requests: int) -> dict[str, float]:
+    documents = [passage() for _ in range(100)]
+    query = fresh_query()
+    await setup.grpc.rank(query, documents)
+    before = await setup.upstream_calls()
+    hits = [await timed(lambda: setup.grpc.rank(query, documents)) for _ in range(requests)]
+    hit_calls = await setup.upstream_calls() - before
+    half = documents[:50] + [passage() for _ in range(50)]
+    before = await setup.upstream_calls()
+    overlap_ms = await timed(lambda: setup.grpc.rank(query, half))
+    return {
+        "hit_p50_ms": statistics.median(hits),
+        "hit_upstream_calls": hit_calls,
+        "half_overlap_ms": overlap_ms,
+        "half_overlap_upstream_calls": await setup.upstream_calls() - before,
+    }
+
+
+async def weaviate_pattern(setup: Setup) -> dict[str, float]:
+    documents = [passage() for _ in range(100)]
+
+    async def chunks_in_parallel(query: str) -> None:
+        await asyncio.gather(
+            *(setup.rerank_http(query, documents[i : i + 32]) for i in range(0, 100, 32))
+        )
+
+    await chunks_in_parallel(fresh_query())  # Weaviate's connections are warm: so are ours
+    query = fresh_query()
+    before = await setup.upstream_calls()
+    start = time.perf_counter()
+    await chunks_in_parallel(query)
+    elapsed = (time.perf_counter() - start) * 1000
+    return {"upstream_calls": await setup.upstream_calls() - before, "elapsed_ms": elapsed}
+
+
+async def core_cache_hit(emulator_url: str, requests: int) -> float:
+    """p50 ms of a 100-passage cache hit inside the core, with no RPC around it."""
+    settings = Settings(api_key=None, base_url=emulator_url)
+    ranker = Ranker.from_settings(settings)
+    documents = [passage() for _ in range(100)]
+    try:
+        await ranker.rank("cached query", documents)
+        times = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            await ranker.rank("cached query", documents)
+            times.append((time.perf_counter() - start) * 1000)
+    finally:
+        await ranker.aclose()
+    return statistics.median(times)
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+async def measure(setup: Setup, runs: int, quick: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {"latency": {}, "throughput": {}}
+    requests = {10: 60, 100: 60, 1000: 15} if quick else {10: 200, 100: 200, 1000: 40}
+    for count in (10, 100, 1000):
+        for surface in ("grpc", "http"):
+            rows = [
+                await added_latency(setup, surface, count, requests[count]) for _ in range(runs)
+            ]
+            results["latency"][f"{surface} {count}"] = median_of(rows)
+    for concurrency in (1, 16, 64):
+        rows = [await throughput(setup, concurrency, 2 if quick else 4) for _ in range(runs)]
+        results["throughput"][str(concurrency)] = median_of(rows)
+    results["fan_out"] = median_of([await fan_out(setup) for _ in range(runs)])
+    results["cache"] = median_of([await cache(setup, 50 if quick else 200) for _ in range(runs)])
+    results["cache"]["core_hit_p50_ms"] = await core_cache_hit(setup.direct_url, 200)
+    results["weaviate_4x32"] = median_of([await weaviate_pattern(setup) for _ in range(runs)])
+    results["peak_rss_mib"] = max(row["peak_rss_mib"] for row in results["throughput"].values())
+    return results
+
+
+def goals(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    grpc100, http100 = results["latency"]["grpc 100"], results["latency"]["http 100"]
+    worst_p50 = max(grpc100["added_p50_ms"], http100["added_p50_ms"])
+    worst_p99 = max(grpc100["added_p99_ms"], http100["added_p99_ms"])
+    return [
+        ("added latency p50 <= 1.0 ms at 100 passages", f"{worst_p50:.2f} ms", worst_p50 <= 1.0),
+        ("added latency p99 <= 3 ms at 100 passages", f"{worst_p99:.2f} ms", worst_p99 <= 3.0),
+        (
+            "5,000 passages <= 1.3 x one call",
+            f"{results['fan_out']['ratio']:.2f} x",
+            results["fan_out"]["ratio"] <= 1.3,
+        ),
+        (
+            "cache hit <= 0.3 ms p50, 0 upstream calls",
+            f"{results['cache']['hit_p50_ms']:.2f} ms, "
+            f"{results['cache']['hit_upstream_calls']:g} calls",
+            results["cache"]["hit_p50_ms"] <= 0.3 and results["cache"]["hit_upstream_calls"] == 0,
+        ),
+        (
+            "Weaviate 4 x 32 -> 1 upstream call",
+            f"{results['weaviate_4x32']['upstream_calls']:g}",
+            results["weaviate_4x32"]["upstream_calls"] == 1,
+        ),
+        (
+            "RSS <= 150 MB under the throughput run",
+            f"{results['peak_rss_mib']:.0f} MiB",
+            results["peak_rss_mib"] * 1.048576 <= 150,
+        ),
+    ]
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = ["| row | direct p50 | sidecar p50 | added p50 | added p99 |", "|---|---|---|---|---|"]
+    for name, row in results["latency"].items():
+        lines.append(
+            f"| {name} passages | {row['direct_p50_ms']:.2f} ms | {row['sidecar_p50_ms']:.2f} ms"
+            f" | {row['added_p50_ms']:+.2f} ms | {row['added_p99_ms']:+.2f} ms |"
+        )
+    lines += ["", "| concurrency | requests/s | passages/s | peak RSS |", "|---|---|---|---|"]
+    for concurrency, row in results["throughput"].items():
+        lines.append(
+            f"| {concurrency} | {row['requests_per_s']:.0f} | {row['passages_per_s']:.0f}"
+            f" | {row['peak_rss_mib']:.0f} MiB |"
+        )
+    fan, hit = results["fan_out"], results["cache"]
+    lines += [
+        "",
+        f"fan-out: 5,000 passages {fan['five_thousand_ms']:.0f} ms vs one 512-passage call"
+        f" {fan['single_call_ms']:.0f} ms ({fan['ratio']:.2f} x); the same 10 calls sent"
+        f" directly in parallel take {fan['direct_fan_out_ms']:.0f} ms",
+        f"cache: hit p50 {hit['hit_p50_ms']:.2f} ms over gRPC ({hit['core_hit_p50_ms']:.2f} ms"
+        f" of it in the core) with {hit['hit_upstream_calls']:g} upstream calls;"
+        f" half-overlapping request {hit['half_overlap_ms']:.2f} ms with"
+        f" {hit['half_overlap_upstream_calls']:g} upstream call(s)",
+        f"Weaviate 4 x 32: {results['weaviate_4x32']['upstream_calls']:g} upstream call(s),"
+        f" {results['weaviate_4x32']['elapsed_ms']:.1f} ms",
+        "",
+        "| goal | measured | met |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {goal} | {value} | {'yes' if met else 'no'} |" for goal, value, met in goals(results)
+    ]
+    return "\n".join(lines)
+
+
+async def main_async(runs: int, quick: bool) -> dict[str, Any]:
+    random.seed(7)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NVIDIA_", "RERANKER_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    emulator_ready = r"127\.0\.0\.1:(\d+)/v1/ranking"
+    sidecar_ready = r"HTTP on 127\.0\.0\.1:(\d+) and gRPC on 127\.0\.0\.1:(\d+)"
+    serve = ["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
+    with (
+        process(["emulate-nim", "--port", "0"], env, emulator_ready) as (_, fast),
+        process(["emulate-nim", "--port", "0", "--delay-ms", "50"], env, emulator_ready) as (
+            _,
+            slow,
+        ),
+        process(
+            serve, {**env, "RERANKER_BASE_URL": f"http://127.0.0.1:{fast[1]}"}, sidecar_ready
+        ) as (pid, sidecar),
+        process(
+            serve, {**env, "RERANKER_BASE_URL": f"http://127.0.0.1:{slow[1]}"}, sidecar_ready
+        ) as (_, slow_sidecar),
+    ):
+        async with (
+            httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as http,
+            AsyncRerankerClient(f"127.0.0.1:{sidecar[2]}", timeout_s=60) as grpc_client,
+            AsyncRerankerClient(f"127.0.0.1:{slow_sidecar[2]}", timeout_s=60) as slow_grpc,
+        ):
+            setup = Setup(
+                http,
+                f"http://127.0.0.1:{fast[1]}",
+                f"http://127.0.0.1:{slow[1]}",
+                f"http://127.0.0.1:{sidecar[1]}",
+                f"http://127.0.0.1:{slow_sidecar[1]}",
+                grpc_client,
+                slow_grpc,
+                pid,
+            )
+            await setup.grpc.rank("warm up", ["a"])
+            await setup.slow_grpc.rank("warm up", ["a"])
+            return await measure(setup, runs, quick)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Measure what the sidecar adds to NIM.")
+    parser.add_argument("--runs", type=int, default=3, help="runs per row; the median is kept")
+    parser.add_argument("--quick", action="store_true", help="fewer requests, for a smoke run")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    results = asyncio.run(main_async(args.runs, args.quick))
+    results["goals"] = [
+        {"goal": goal, "measured": value, "met": met} for goal, value, met in goals(results)
+    ]
+    results["seconds"] = time.perf_counter() - started
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(report(results))
+    print(f"\n{results['seconds']:.0f} s; written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""`make bench` runs end to end: a one-run smoke pass writes every row and every goal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench.py"
+
+
+def test_a_quick_bench_writes_every_row(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--runs", "1", "--quick", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(output.read_text())
+    assert set(results["latency"]) == {
+        f"{surface} {count}" for surface in ("grpc", "http") for count in (10, 100, 1000)
+    }
+    assert set(results["throughput"]) == {"1", "16", "64"}
+    assert results["cache"]["hit_upstream_calls"] == 0
+    assert results["cache"]["half_overlap_upstream_calls"] == 1
+    assert results["weaviate_4x32"]["upstream_calls"] >= 1
+    assert len(results["goals"]) == 6
+    assert "| goal | measured | met |" in result.stdout
