@@ -10,8 +10,9 @@ A batch goes out when it is full, when its window has passed, or as soon as no r
 flight could still join it (every one is already waiting on a batch), after one turn of the
 event loop so that requests that arrived together can join. A lone request thus waits one
 loop turn, never the window. A request may say that siblings are on their way (a Weaviate
-chunk of exactly 32 documents is one of several); its batch then waits for the window, or
-for a member that says none follow (the last, shorter chunk). Only requests that would
+chunk of exactly 32 documents is one of several); its batch then waits for a member that
+says none follow (the last, shorter chunk), or until no sibling has joined for a window
+(four windows at most). Only requests that would
 send the same key share a call, and a failing call fails exactly the callers that shared
 it. A shared call is cancelled only when every caller waiting for it has gone.
 """
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from reranker_nvidia.ranker import Target
 
 Send = Callable[["Target", str, Sequence[str], float], Awaitable[UpstreamRanking]]
+# A batch waiting for announced siblings never waits longer than this many windows.
+_SIBLING_WAIT_WINDOWS = 4
 Group = tuple[str | None, str, str, str | None, bool, str]
 
 
@@ -49,6 +52,7 @@ class _Batch:
     )
     task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
+    opened_at: float = field(default_factory=lambda: asyncio.get_running_loop().time())
 
 
 class Coalescer:
@@ -126,12 +130,18 @@ class Coalescer:
         batches = list(dict.fromkeys(batch for batch, _ in places))
         self.coalesced_passages += sum(1 for batch, _ in places if batch not in own)
         self.coalesced_requests += joined
+        loop = asyncio.get_running_loop()
         for batch in batches:
             batch.waiters += 1
-            if not batch.dispatched and batch.timer is None and self._window_s > 0:
-                batch.timer = asyncio.get_running_loop().call_later(
-                    self._window_s, self._dispatch, batch
-                )
+            if batch.dispatched or self._window_s <= 0:
+                continue
+            if batch.timer is None or (batch.expecting and batch in own):
+                # Siblings trickling in keep the batch open a window past the latest one.
+                if batch.timer is not None:
+                    batch.timer.cancel()
+                latest = batch.opened_at + _SIBLING_WAIT_WINDOWS * self._window_s
+                when = min(loop.time() + self._window_s, latest)
+                batch.timer = loop.call_at(when, self._dispatch, batch)
         self._parked += 1
         self._poke()
         try:
@@ -144,7 +154,7 @@ class Coalescer:
                     if batch.task is not None:
                         batch.task.cancel()
                     else:
-                        self._dispatch(batch)  # not yet sent: let it go out and end
+                        self._abandon(batch)
             raise
         finally:
             self._parked -= 1
@@ -177,6 +187,21 @@ class Coalescer:
             del self._open[batch.group]
         batch.task = asyncio.ensure_future(self._run(batch))
 
+    def _abandon(self, batch: _Batch) -> None:
+        """Drop a batch nobody waits for any more before it was sent."""
+        batch.dispatched = True
+        if batch.timer is not None:
+            batch.timer.cancel()
+        if self._open.get(batch.group) is batch:
+            del self._open[batch.group]
+        self._forget(batch)
+        batch.result.cancel()
+
+    def _forget(self, batch: _Batch) -> None:
+        for key in batch.keys:
+            if self._pending.get((batch.target.api_key, key), (None,))[0] is batch:
+                del self._pending[(batch.target.api_key, key)]
+
     async def _run(self, batch: _Batch) -> None:
         try:
             answer = await self._send(batch.target, batch.query, batch.passages, batch.deadline)
@@ -192,9 +217,7 @@ class Coalescer:
             self._on_scored(batch.keys, answer.logits)
             batch.result.set_result(answer)
         finally:
-            for key in batch.keys:
-                if self._pending.get((batch.target.api_key, key), (None,))[0] is batch:
-                    del self._pending[(batch.target.api_key, key)]
+            self._forget(batch)
             # Nobody may be left to read a failure; reading it here keeps asyncio quiet.
             if batch.result.done() and not batch.result.cancelled():
                 batch.result.exception()

@@ -120,3 +120,25 @@ async def test_a_caller_that_leaves_does_not_cancel_a_shared_call(
     responses = await post_all(sidecar, bodies, [{"X-Request-Timeout": "0.5"}, {}])
     assert [response.status_code for response in responses] == [504, 200]
     assert [call.passages for call in emulator.state.calls] == [2]
+
+
+async def test_weaviate_chunks_arriving_one_by_one_still_share_a_call(
+    make_sidecar: SidecarFactory, emulator: Emulator
+) -> None:
+    """Full chunks of 32 announce siblings: each one keeps the batch open a window longer."""
+    sidecar = make_sidecar(coalesce_window_ms=150)
+    documents = [f"way document {i}" for i in range(100)]
+    chunks = [documents[start : start + 32] for start in range(0, 100, 32)]
+
+    async with httpx.AsyncClient(base_url=sidecar.http_url, timeout=10) as client:
+
+        async def send(delay_s: float, chunk: list[str]) -> httpx.Response:
+            await asyncio.sleep(delay_s)
+            return await client.post("/rerank", json={"query": QUERY, "documents": chunk})
+
+        # 100 ms apart: more than the time one request takes, less than one window.
+        responses = await asyncio.gather(*(send(0.1 * i, chunk) for i, chunk in enumerate(chunks)))
+    for chunk, response in zip(chunks, responses, strict=True):
+        scores = [entry["score"] for entry in response.json()["scores"]]
+        assert scores == pytest.approx(expected(QUERY, chunk))
+    assert [call.passages for call in emulator.state.calls] == [100]
