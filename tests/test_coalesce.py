@@ -126,7 +126,7 @@ async def test_weaviate_chunks_arriving_one_by_one_still_share_a_call(
     make_sidecar: SidecarFactory, emulator: Emulator
 ) -> None:
     """Full chunks of 32 announce siblings: each one keeps the batch open a window longer."""
-    sidecar = make_sidecar(coalesce_window_ms=150)
+    sidecar = make_sidecar(coalesce_window_ms=250)
     documents = [f"way document {i}" for i in range(100)]
     chunks = [documents[start : start + 32] for start in range(0, 100, 32)]
 

@@ -166,8 +166,9 @@ def test_grpc_deadline_shrinks_the_budget_and_cancels_upstream(
         client.rank("q", ["a"])
     assert raised.value.code is ErrorCode.DEADLINE_EXCEEDED
     assert time.monotonic() - start < 1.5
-    wait_until(lambda: sidecar.server.ranker.upstream_in_flight == 0, 1.0)
-    assert sidecar.server.ranker.admission.in_flight == 0
+    ranker = sidecar.server.ranker
+    # The upstream call is cancelled first; the request itself lets go a moment later.
+    wait_until(lambda: ranker.upstream_in_flight == 0 and ranker.admission.in_flight == 0, 1.0)
 
 
 def test_http_caller_that_gives_up_cancels_its_upstream_call(
@@ -177,8 +178,7 @@ def test_http_caller_that_gives_up_cancels_its_upstream_call(
     ranker = sidecar.server.ranker
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(sidecar.http_url + "/rerank", json=BODY, timeout=0.3)
-    assert wait_until(lambda: ranker.upstream_in_flight == 0, 2.0) < 2.0
-    assert ranker.admission.in_flight == 0
+    wait_until(lambda: ranker.upstream_in_flight == 0 and ranker.admission.in_flight == 0, 2.0)
 
 
 def test_invalid_upstream_answers_are_502_naming_the_problem(
