@@ -23,23 +23,17 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import random
 import re
-import shutil
 import statistics
-import subprocess
-import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from processes import EMULATOR_READY, SERVE, SIDECAR_READY, clean_environment, rss_mib, running
 
 from reranker_nvidia.client import AsyncRerankerClient
 from reranker_nvidia.ranker import Ranker
@@ -89,47 +83,12 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def _script() -> str:
-    local = Path(sys.executable).parent / "reranker-nvidia"
-    return str(local) if local.exists() else shutil.which("reranker-nvidia") or "reranker-nvidia"
-
-
-@contextmanager
-def process(
-    args: list[str], env: dict[str, str], ready: str
-) -> Iterator[tuple[int, re.Match[str]]]:
-    child = subprocess.Popen(
-        [_script(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert child.stdout is not None
-    try:
-        match = None
-        for line in child.stdout:
-            if match := re.search(ready, line):
-                break
-        if match is None:
-            raise SystemExit(f"{args[0]} did not start")
-        threading.Thread(target=lambda: deque(child.stdout or (), maxlen=0), daemon=True).start()
-        yield child.pid, match
-    finally:
-        child.terminate()
-        child.wait(15)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 @dataclass
 class Setup:
     http: httpx.AsyncClient
     direct_url: str
     slow_direct_url: str
     sidecar_url: str
-    slow_sidecar_url: str
     grpc: AsyncRerankerClient
     slow_grpc: AsyncRerankerClient
     sidecar_pid: int
@@ -388,42 +347,47 @@ def report(results: dict[str, Any]) -> str:
 
 async def main_async(runs: int, quick: bool) -> dict[str, Any]:
     random.seed(7)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NVIDIA_", "RERANKER_"))}
-    env["PYTHONUNBUFFERED"] = "1"
-    emulator_ready = r"127\.0\.0\.1:(\d+)/v1/ranking"
-    sidecar_ready = r"HTTP on 127\.0\.0\.1:(\d+) and gRPC on 127\.0\.0\.1:(\d+)"
-    serve = ["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
+    env = clean_environment()
+    emulate = ["emulate-nim", "--port", "0"]
     with (
-        process(["emulate-nim", "--port", "0"], env, emulator_ready) as (_, fast),
-        process(["emulate-nim", "--port", "0", "--delay-ms", "50"], env, emulator_ready) as (
-            _,
-            slow,
-        ),
-        process(
-            serve, {**env, "RERANKER_BASE_URL": f"http://127.0.0.1:{fast[1]}"}, sidecar_ready
-        ) as (pid, sidecar),
-        process(
-            serve, {**env, "RERANKER_BASE_URL": f"http://127.0.0.1:{slow[1]}"}, sidecar_ready
-        ) as (_, slow_sidecar),
+        running(emulate, env, EMULATOR_READY) as (_, fast),
+        running([*emulate, "--delay-ms", "50"], env, EMULATOR_READY) as (_, slow),
     ):
-        async with (
-            httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as http,
-            AsyncRerankerClient(f"127.0.0.1:{sidecar[2]}", timeout_s=60) as grpc_client,
-            AsyncRerankerClient(f"127.0.0.1:{slow_sidecar[2]}", timeout_s=60) as slow_grpc,
+        fast_env = {**env, "RERANKER_BASE_URL": f"http://127.0.0.1:{fast[1]}"}
+        slow_env = {**env, "RERANKER_BASE_URL": f"http://127.0.0.1:{slow[1]}"}
+        with (
+            running(SERVE, fast_env, SIDECAR_READY) as (pid, sidecar),
+            running(SERVE, slow_env, SIDECAR_READY) as (_, slow_sidecar),
         ):
-            setup = Setup(
-                http,
-                f"http://127.0.0.1:{fast[1]}",
-                f"http://127.0.0.1:{slow[1]}",
-                f"http://127.0.0.1:{sidecar[1]}",
-                f"http://127.0.0.1:{slow_sidecar[1]}",
-                grpc_client,
-                slow_grpc,
-                pid,
-            )
-            await setup.grpc.rank("warm up", ["a"])
-            await setup.slow_grpc.rank("warm up", ["a"])
-            return await measure(setup, runs, quick)
+            return await _measure_all(runs, quick, fast, slow, sidecar, slow_sidecar, pid)
+
+
+async def _measure_all(
+    runs: int,
+    quick: bool,
+    fast: re.Match[str],
+    slow: re.Match[str],
+    sidecar: re.Match[str],
+    slow_sidecar: re.Match[str],
+    pid: int,
+) -> dict[str, Any]:
+    async with (
+        httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as http,
+        AsyncRerankerClient(f"127.0.0.1:{sidecar[2]}", timeout_s=60) as grpc_client,
+        AsyncRerankerClient(f"127.0.0.1:{slow_sidecar[2]}", timeout_s=60) as slow_grpc,
+    ):
+        setup = Setup(
+            http,
+            f"http://127.0.0.1:{fast[1]}",
+            f"http://127.0.0.1:{slow[1]}",
+            f"http://127.0.0.1:{sidecar[1]}",
+            grpc_client,
+            slow_grpc,
+            pid,
+        )
+        await setup.grpc.rank("warm up", ["a"])
+        await setup.slow_grpc.rank("warm up", ["a"])
+        return await measure(setup, runs, quick)
 
 
 def main() -> int:

@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import re
-import shutil
 import statistics
-import subprocess
-import sys
-import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
+from processes import EMULATOR_READY, SERVE, SIDECAR_READY, clean_environment, rss_mib, running
 
 from reranker_nvidia.client import AsyncRerankerClient
 from reranker_nvidia.errors import RerankError
@@ -48,39 +43,6 @@ WORDS = [
 ]
 
 
-def _script() -> str:
-    local = Path(sys.executable).parent / "reranker-nvidia"
-    return str(local) if local.exists() else shutil.which("reranker-nvidia") or "reranker-nvidia"
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def start(
-    args: list[str], env: dict[str, str], pattern: str
-) -> tuple[subprocess.Popen[str], re.Match[str]]:
-    process = subprocess.Popen(
-        [_script(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert process.stdout is not None
-    deadline = time.monotonic() + 30
-    match = None
-    for line in process.stdout:
-        match = re.search(pattern, line)
-        if match or time.monotonic() > deadline:
-            break
-    if match is None:
-        process.kill()
-        raise SystemExit(f"{args[0]} did not start")
-    # Keep reading what it prints: a full pipe would stop the process at its next log line.
-    threading.Thread(target=lambda: deque(process.stdout or (), maxlen=0), daemon=True).start()
-    return process, match
-
-
 @dataclass
 class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -93,83 +55,73 @@ def documents(count: int) -> list[str]:
 
 async def soak(duration_s: float, rate: float, seed: int) -> int:
     random.seed(seed)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NVIDIA_", "RERANKER_"))}
-    env["PYTHONUNBUFFERED"] = "1"
-    emulator, found = start(["emulate-nim", "--port", "0"], env, r"127\.0\.0\.1:(\d+)/v1/ranking")
-    env["RERANKER_BASE_URL"] = f"http://127.0.0.1:{found[1]}"
-    env["RERANKER_LOG_LEVEL"] = "WARNING"
-    sidecar, found = start(
-        ["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"],
-        {**env, "RERANKER_LOG_LEVEL": "INFO"},
-        r"HTTP on 127\.0\.0\.1:(\d+) and gRPC on 127\.0\.0\.1:(\d+)",
-    )
-    http_url, grpc_target = f"http://127.0.0.1:{found[1]}", f"127.0.0.1:{found[2]}"
-    rss_start = rss_mib(sidecar.pid)
+    env = clean_environment()
+    with running(["emulate-nim", "--port", "0"], env, EMULATOR_READY) as (_, emulator):
+        env["RERANKER_BASE_URL"] = f"http://127.0.0.1:{emulator[1]}"
+        with running(SERVE, env, SIDECAR_READY) as (pid, sidecar):
+            return await _soak(duration_s, rate, pid, sidecar)
+
+
+async def _soak(duration_s: float, rate: float, pid: int, sidecar: re.Match[str]) -> int:
+    http_url, grpc_target = f"http://127.0.0.1:{sidecar[1]}", f"127.0.0.1:{sidecar[2]}"
+    rss_start = rss_mib(pid)
     rss_peak = rss_start
     tally = Tally()
-    try:
-        async with (
-            httpx.AsyncClient(base_url=http_url, timeout=10) as http,
-            AsyncRerankerClient(grpc_target, timeout_s=10) as grpc_client,
-        ):
-            kinds: list[tuple[str, Callable[[], Awaitable[int]]]] = [
-                ("grpc Rank", lambda: _grpc_rank(grpc_client)),
-                ("grpc Rerank", lambda: _grpc_rerank(grpc_client)),
-                (
-                    "http /rerank x32",
-                    lambda: _status(
-                        http.post(
-                            "/rerank", json={"query": "rerank query", "documents": documents(32)}
-                        )
-                    ),
+    async with (
+        httpx.AsyncClient(base_url=http_url, timeout=10) as http,
+        AsyncRerankerClient(grpc_target, timeout_s=10) as grpc_client,
+    ):
+        kinds: list[tuple[str, Callable[[], Awaitable[int]]]] = [
+            ("grpc Rank", lambda: _grpc_rank(grpc_client)),
+            ("grpc Rerank", lambda: _grpc_rerank(grpc_client)),
+            (
+                "http /rerank x32",
+                lambda: _status(
+                    http.post("/rerank", json={"query": "rerank query", "documents": documents(32)})
                 ),
-                (
-                    "http /v1/ranking",
-                    lambda: _status(
-                        http.post(
-                            "/v1/ranking",
-                            json={
-                                "query": {"text": "hybrid search"},
-                                "passages": [{"text": text} for text in documents(100)],
-                            },
-                        )
-                    ),
+            ),
+            (
+                "http /v1/ranking",
+                lambda: _status(
+                    http.post(
+                        "/v1/ranking",
+                        json={
+                            "query": {"text": "hybrid search"},
+                            "passages": [{"text": text} for text in documents(100)],
+                        },
+                    )
                 ),
-                (
-                    "http /v1/rerank",
-                    lambda: _status(
-                        http.post(
-                            "/v1/rerank",
-                            json={"query": "vector", "documents": documents(20), "top_n": 5},
-                        )
-                    ),
+            ),
+            (
+                "http /v1/rerank",
+                lambda: _status(
+                    http.post(
+                        "/v1/rerank",
+                        json={"query": "vector", "documents": documents(20), "top_n": 5},
+                    )
                 ),
-                (
-                    "bad input",
-                    lambda: _status(http.post("/rerank", json={"query": "", "documents": [1]})),
-                ),
-            ]
-            weights = [20, 10, 30, 15, 20, 5]
-            tasks: set[asyncio.Task[None]] = set()
-            interval = 1 / rate
-            began = time.monotonic()
-            sent = 0
-            while (now := time.monotonic()) - began < duration_s:
-                name, call = random.choices(kinds, weights)[0]
-                task = asyncio.create_task(_measure(name, call, tally))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                sent += 1
-                if sent % max(1, int(rate)) == 0:
-                    rss_peak = max(rss_peak, rss_mib(sidecar.pid))
-                await asyncio.sleep(max(0.0, began + sent * interval - now))
-            await asyncio.wait_for(asyncio.gather(*tasks), 15)
-        rss_end = rss_mib(sidecar.pid)
-    finally:
-        for process in (sidecar, emulator):
-            process.terminate()
-        for process in (sidecar, emulator):
-            process.wait(15)
+            ),
+            (
+                "bad input",
+                lambda: _status(http.post("/rerank", json={"query": "", "documents": [1]})),
+            ),
+        ]
+        weights = [20, 10, 30, 15, 20, 5]
+        tasks: set[asyncio.Task[None]] = set()
+        interval = 1 / rate
+        began = time.monotonic()
+        sent = 0
+        while (now := time.monotonic()) - began < duration_s:
+            name, call = random.choices(kinds, weights)[0]
+            task = asyncio.create_task(_measure(name, call, tally))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+            if sent % max(1, int(rate)) == 0:
+                rss_peak = max(rss_peak, rss_mib(pid))
+            await asyncio.sleep(max(0.0, began + sent * interval - now))
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+    rss_end = rss_mib(pid)
     return _report(duration_s, rate, tally, rss_start, rss_peak, rss_end)
 
 
