@@ -47,6 +47,7 @@ class AsgiServer:
             timeout_graceful_shutdown=10,
             ssl_certfile=tls_cert,
             ssl_keyfile=tls_key,
+            log_config=None,  # logging is configured once, by the process (logs.configure)
         )
         self._server = _EmbeddedServer(self._config)
         self._host = host

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 
@@ -69,3 +70,26 @@ def test_serve_refuses_bad_settings(clean_env: dict[str, str]) -> None:
     )
     assert result.returncode == 2
     assert "invalid setting truncate" in result.stderr
+
+
+def test_json_log_format_makes_every_line_json(clean_env: dict[str, str]) -> None:
+    process = subprocess.Popen(
+        [SCRIPT, *SERVE],
+        env={**clean_env, "RERANKER_LOG_FORMAT": "json"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "serving HTTP on" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=15)
+    assert process.returncode == 0
+    entries = [json.loads(line) for line in [*lines, *rest.splitlines()] if line.strip()]
+    assert {"time", "level", "logger", "message", "request_id"} <= set(entries[0])
+    assert any(entry["logger"].startswith("uvicorn") for entry in entries), "uvicorn's lines too"
+    assert entries[-1]["message"] == "stopped"
