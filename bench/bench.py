@@ -33,33 +33,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from processes import EMULATOR_READY, SERVE, SIDECAR_READY, clean_environment, rss_mib, running
+from processes import (
+    EMULATOR_READY,
+    SERVE,
+    SIDECAR_READY,
+    WORDS,
+    clean_environment,
+    rss_mib,
+    running,
+)
 
 from reranker_nvidia.client import AsyncRerankerClient
 from reranker_nvidia.ranker import Ranker
 from reranker_nvidia.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-WORDS = [
-    "rerank",
-    "model",
-    "passage",
-    "order",
-    "query",
-    "score",
-    "vector",
-    "keyword",
-    "hybrid",
-    "search",
-    "index",
-    "token",
-    "latency",
-    "memory",
-    "network",
-    "cluster",
-    "shard",
-    "object",
-]
 _query_numbers = itertools.count()
 
 

@@ -1,4 +1,5 @@
-"""What the benchmark and the soak share: running the sidecar and the emulator as processes."""
+"""What the benchmark and the soak share: running the sidecar and the emulator as processes,
+and the words their passages are made of."""
 
 from __future__ import annotations
 
@@ -17,6 +18,26 @@ from pathlib import Path
 EMULATOR_READY = r"127\.0\.0\.1:(\d+)/v1/ranking"
 SIDECAR_READY = r"HTTP on 127\.0\.0\.1:(\d+) and gRPC on 127\.0\.0\.1:(\d+)"
 SERVE = ["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
+WORDS = [
+    "rerank",
+    "model",
+    "passage",
+    "order",
+    "query",
+    "score",
+    "vector",
+    "keyword",
+    "hybrid",
+    "search",
+    "index",
+    "token",
+    "latency",
+    "memory",
+    "network",
+    "cluster",
+    "shard",
+    "object",
+]
 
 
 def clean_environment() -> dict[str, str]:

@@ -23,24 +23,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
-from processes import EMULATOR_READY, SERVE, SIDECAR_READY, clean_environment, rss_mib, running
+from processes import (
+    EMULATOR_READY,
+    SERVE,
+    SIDECAR_READY,
+    WORDS,
+    clean_environment,
+    rss_mib,
+    running,
+)
 
 from reranker_nvidia.client import AsyncRerankerClient
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.hits import Hit, SearchType
-
-WORDS = [
-    "rerank",
-    "model",
-    "passage",
-    "order",
-    "query",
-    "score",
-    "vector",
-    "keyword",
-    "hybrid",
-    "search",
-]
 
 
 @dataclass

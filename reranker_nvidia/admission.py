@@ -29,10 +29,6 @@ class Admission:
     def in_flight(self) -> int:
         return self._in_flight
 
-    @property
-    def draining(self) -> bool:
-        return self._draining
-
     @contextlib.asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
         if self._draining:

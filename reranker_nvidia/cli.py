@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from reranker_nvidia import __version__, logs
 from reranker_nvidia.errors import RerankError
+from reranker_nvidia.nim_schema import TRUNCATE_VALUES
 from reranker_nvidia.settings import Settings
 
 
@@ -45,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     rank.add_argument("--query", required=True)
     rank.add_argument("--model", help="NIM model (default: the sidecar's)")
     rank.add_argument("--base-url", help="NIM base URL (default: the sidecar's)")
-    rank.add_argument("--truncate", choices=("NONE", "END"))
+    rank.add_argument("--truncate", choices=TRUNCATE_VALUES)
     rank.add_argument("--top-n", type=int)
     rank.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     rank.add_argument("--tls", action="store_true", help="connect over TLS")

@@ -88,7 +88,7 @@ class _Requests:
         return pb.RankRequest(
             query=query,
             documents=documents,
-            options=options_to_proto(model, None, truncate),
+            options=options_to_proto(model, truncate),
             top_n=top_n,
         )
 
@@ -119,7 +119,7 @@ class _Requests:
             query=query,
             top_n=top_n,
             module_config=dict_to_struct(module_config or {}),
-            options=options_to_proto(model, None, truncate),
+            options=options_to_proto(model, truncate),
         )
 
     @staticmethod

@@ -172,28 +172,30 @@ class Coalescer:
             asyncio.get_running_loop().call_soon(self._dispatch_if_quiet)
 
     def _dispatch_if_quiet(self) -> None:
-        if self._window_s <= 0 or self._active <= self._parked:
-            for batch in list(self._open.values()):
-                if not batch.expecting or self._window_s <= 0:
-                    self._dispatch(batch)
+        windowed = self._window_s > 0
+        if windowed and self._active > self._parked:
+            return
+        for batch in list(self._open.values()):
+            if not (windowed and batch.expecting):
+                self._dispatch(batch)
+
+    def _close(self, batch: _Batch) -> None:
+        """No one may join ``batch`` any more, and its timer is off."""
+        batch.dispatched = True
+        if batch.timer is not None:
+            batch.timer.cancel()
+        if self._open.get(batch.group) is batch:
+            del self._open[batch.group]
 
     def _dispatch(self, batch: _Batch) -> None:
         if batch.dispatched:
             return
-        batch.dispatched = True
-        if batch.timer is not None:
-            batch.timer.cancel()
-        if self._open.get(batch.group) is batch:
-            del self._open[batch.group]
+        self._close(batch)
         batch.task = asyncio.ensure_future(self._run(batch))
 
     def _abandon(self, batch: _Batch) -> None:
         """Drop a batch nobody waits for any more before it was sent."""
-        batch.dispatched = True
-        if batch.timer is not None:
-            batch.timer.cancel()
-        if self._open.get(batch.group) is batch:
-            del self._open[batch.group]
+        self._close(batch)
         self._forget(batch)
         batch.result.cancel()
 

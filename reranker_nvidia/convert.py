@@ -14,6 +14,7 @@ from google.protobuf import json_format, struct_pb2
 
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.hits import Hit, SearchType
+from reranker_nvidia.nim_schema import TRUNCATE_VALUES
 from reranker_nvidia.ranker import RankOptions
 from reranker_nvidia.upstream import Usage
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
@@ -52,16 +53,12 @@ def options_from_proto(message: pb.RankOptions, metadata: Mapping[str, str]) -> 
     )
 
 
-def options_to_proto(
-    model: str | None, base_url: str | None, truncate: str | None
-) -> pb.RankOptions:
-    if truncate is not None and truncate.upper() not in ("NONE", "END"):
-        raise RerankError(
-            ErrorCode.INVALID_ARGUMENT, f"truncate must be NONE or END, got {truncate!r}"
-        )
+def options_to_proto(model: str | None, truncate: str | None) -> pb.RankOptions:
+    """Client side: the base URL travels as metadata, which wins over the message's."""
+    if truncate is not None and truncate.upper() not in TRUNCATE_VALUES:
+        raise invalid_argument(f"truncate must be NONE or END, got {truncate!r}")
     return pb.RankOptions(
         model=model or "",
-        base_url=base_url or "",
         truncate=_TRUNCATE_TO_PROTO[truncate.upper() if truncate else None],
     )
 

@@ -25,15 +25,20 @@ import math
 import re
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Literal
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from reranker_nvidia.nim_schema import NimRanking, NimRankingResponse, NimText, NimUsage
+from reranker_nvidia.nim_schema import (
+    NIM_MAX_PASSAGES,
+    NimRanking,
+    NimRankingResponse,
+    NimText,
+    NimTruncate,
+    NimUsage,
+)
 
-NIM_MAX_PASSAGES = 512
 _TOKEN = re.compile(r"\w+")
 
 
@@ -61,7 +66,7 @@ class NimRankingRequest(BaseModel):
     model: str
     query: NimText
     passages: list[NimText] = Field(min_length=1, max_length=NIM_MAX_PASSAGES)
-    truncate: Literal["NONE", "END"] | None = None
+    truncate: NimTruncate | None = None
 
 
 @dataclass(frozen=True)

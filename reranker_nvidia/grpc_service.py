@@ -47,13 +47,15 @@ def _top_n(message: pb.RankRequest | pb.RerankRequest) -> int | None:
     return message.top_n if message.HasField("top_n") else None
 
 
-async def _answer(context: Context, work: Awaitable[T], metrics: Metrics) -> T:
+async def _answer(
+    context: Context, metadata: dict[str, str], work: Awaitable[T], metrics: Metrics
+) -> T:
     """``work``'s result, or the call aborted with the status its failure maps to.
 
     The call gets a request id (the caller's ``x-request-id`` if it is a plain token), sent
     back as initial metadata and carried by every log line of the call.
     """
-    rid = new_request_id(_metadata(context).get(REQUEST_ID_METADATA))
+    rid = new_request_id(metadata.get(REQUEST_ID_METADATA))
     token = request_id.set(rid)
     await context.send_initial_metadata(((REQUEST_ID_METADATA, rid),))
     status = grpc.StatusCode.OK
@@ -79,18 +81,22 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
         self._meta = meta
 
     async def Rank(self, request: pb.RankRequest, context: Context) -> pb.RankResponse:
+        metadata = _metadata(context)
         with self._ranker.arriving():
             return await _answer(
                 context,
-                self._rank(request, _metadata(context), context.time_remaining()),
+                metadata,
+                self._rank(request, metadata, context.time_remaining()),
                 self._ranker.metrics,
             )
 
     async def Rerank(self, request: pb.RerankRequest, context: Context) -> pb.RerankResponse:
+        metadata = _metadata(context)
         with self._ranker.arriving():
             return await _answer(
                 context,
-                self._rerank(request, _metadata(context), context.time_remaining()),
+                metadata,
+                self._rerank(request, metadata, context.time_remaining()),
                 self._ranker.metrics,
             )
 

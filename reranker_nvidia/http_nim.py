@@ -23,7 +23,13 @@ from reranker_nvidia.http_common import (
     retry_headers,
     shaped_errors,
 )
-from reranker_nvidia.nim_schema import NimRanking, NimRankingResponse, NimText, NimUsage
+from reranker_nvidia.nim_schema import (
+    NimRanking,
+    NimRankingResponse,
+    NimText,
+    NimTruncate,
+    NimUsage,
+)
 from reranker_nvidia.ranker import Ranker
 
 # Hosted NIM's path for its first reranking model carries no model segment.
@@ -50,7 +56,7 @@ class NimRankingRequest(BaseModel):
     )
     query: NimText
     passages: list[NimText] = Field(description="Any number: sent to NIM in chunks of 512.")
-    truncate: Literal["NONE", "END"] | None = None
+    truncate: NimTruncate | None = None
     top_k: int | None = Field(default=None, ge=1, description="Return only the best top_k.")
     top_n: int | None = Field(default=None, ge=1, description="Same as top_k.")
 

@@ -11,19 +11,19 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 from reranker_nvidia.admission import Admission
 from reranker_nvidia.coalesce import Coalescer
 from reranker_nvidia.endpoints import is_hosted, normalise_model, resolve_endpoint
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.metrics import Metrics
+from reranker_nvidia.nim_schema import TRUNCATE_VALUES
 from reranker_nvidia.retry import RetryPolicy
 from reranker_nvidia.score_cache import ScoreCache, digest, scope_digest
 from reranker_nvidia.settings import Settings
 from reranker_nvidia.ssrf import Resolver, check_url_text, origin, system_resolver
 from reranker_nvidia.upstream import NimClient, UpstreamRanking, Usage, redact_url
-
-TRUNCATE_VALUES = ("NONE", "END")
 
 NO_KEY_MESSAGE = (
     "no api key found neither in request header: X-Nvidia-Api-Key "
@@ -272,8 +272,8 @@ class Ranker:
             )
             for index, logit in zip(missing, logits, strict=True):
                 found[index] = logit
-        scores = [score if score is not None else 0.0 for score in found]
-        return Ranking(scores, target.model, usage, top_n)
+        # Every None was a miss, and every miss has its logit now.
+        return Ranking(cast(list[float], found), target.model, usage, top_n)
 
     async def _call(
         self, target: Target, query: str, passages: Sequence[str], deadline: float

@@ -8,11 +8,10 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from reranker_nvidia.nim_schema import NIM_MAX_PASSAGES, NimTruncate
+
 DEFAULT_MODEL = "nvidia/rerank-qa-mistral-4b"
 HOSTED_BASE_URL = "https://ai.api.nvidia.com"
-NIM_MAX_PASSAGES_PER_CALL = 512
-
-Truncate = Literal["NONE", "END"]
 
 
 class Settings(BaseSettings):
@@ -36,11 +35,11 @@ class Settings(BaseSettings):
     )
     base_url: str = HOSTED_BASE_URL
     model: str = DEFAULT_MODEL
-    truncate: Truncate | None = None
+    truncate: NimTruncate | None = None
     host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_port: int = Field(default=50051, ge=0, le=65535)
-    max_passages_per_call: int = Field(default=NIM_MAX_PASSAGES_PER_CALL, ge=1)
+    max_passages_per_call: int = Field(default=NIM_MAX_PASSAGES, ge=1)
     max_documents: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     upstream_concurrency: int = Field(default=16, ge=1)

@@ -27,6 +27,8 @@ from reranker_nvidia.settings import Settings
 T = TypeVar("T")
 
 SCRIPT = str(Path(sys.executable).parent / "reranker-nvidia")
+SERVE = ["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
+SERVING = r"serving HTTP on 127\.0\.0\.1:(\d+) and gRPC on 127\.0\.0\.1:(\d+)"
 SERVER_KEY = "nvapi-server-key-0123456789"
 REQUEST_KEY = "nvapi-request-key-9876543210"
 

@@ -6,10 +6,7 @@ import json
 import signal
 import subprocess
 
-from tests.support import SCRIPT, running
-
-SERVE = ["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
-SERVING = r"serving HTTP on 127\.0\.0\.1:(\d+) and gRPC on 127\.0\.0\.1:(\d+)"
+from tests.support import SCRIPT, SERVE, SERVING, running
 
 
 def test_serve_and_rank_through_the_emulator(clean_env: dict[str, str]) -> None:

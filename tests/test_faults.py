@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import grpc
 import httpx
@@ -19,14 +20,13 @@ from tests.support import CaptureServer, Emulator, Sidecar
 BODY = {"query": "which way", "documents": ["this way", "that way"]}
 
 
-def wait_until(condition: object, timeout_s: float) -> float:
-    """Seconds until ``condition()`` held; fails after ``timeout_s``."""
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
+    """Returns once ``condition()`` holds; fails after ``timeout_s``."""
     start = time.monotonic()
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if time.monotonic() - start > timeout_s:
             raise AssertionError(f"not within {timeout_s} s")
         time.sleep(0.01)
-    return time.monotonic() - start
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504])

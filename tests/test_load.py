@@ -13,7 +13,7 @@ import pytest
 from reranker_nvidia.client import AsyncRerankerClient, RerankerClient
 from reranker_nvidia.errors import ErrorCode, RerankError
 from tests.conftest import SidecarFactory
-from tests.support import Emulator, running
+from tests.support import SERVE, SERVING, Emulator, running
 
 BODY = {"query": "which way", "documents": ["this way", "that way"]}
 
@@ -51,8 +51,21 @@ async def test_requests_past_the_limit_are_refused_at_once(
     assert {error.code for error in refused} == {ErrorCode.RESOURCE_EXHAUSTED}
 
 
-SERVE = ["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
-SERVING = r"HTTP on 127\.0\.0\.1:(\d+) and gRPC on 127\.0\.0\.1:(\d+)"
+def start_request_reaching_upstream(
+    url: str, emulator: Emulator, answers: list[httpx.Response]
+) -> threading.Thread:
+    """POST /rerank from a thread, once it is waiting on the upstream; its answer lands in
+    ``answers``."""
+    worker = threading.Thread(
+        target=lambda: answers.append(httpx.post(url + "/rerank", json=BODY, timeout=10)),
+        daemon=True,
+    )
+    worker.start()
+    deadline = time.monotonic() + 5
+    while emulator.state.in_flight == 0:
+        assert time.monotonic() < deadline, "the request never reached the upstream"
+        time.sleep(0.01)
+    return worker
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_zero(
@@ -63,14 +76,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(
     with running(SERVE, env, SERVING) as (process, ports):
         url = f"http://127.0.0.1:{ports[1]}"
         in_flight: list[httpx.Response] = []
-        worker = threading.Thread(
-            target=lambda: in_flight.append(httpx.post(url + "/rerank", json=BODY, timeout=10))
-        )
-        worker.start()
-        deadline = time.monotonic() + 5
-        while emulator.state.in_flight == 0:
-            assert time.monotonic() < deadline, "the request never reached the upstream"
-            time.sleep(0.01)
+        worker = start_request_reaching_upstream(url, emulator, in_flight)
 
         process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 2
@@ -98,13 +104,7 @@ def test_sigterm_stops_after_the_grace_period_even_if_requests_remain(
     emulator.state.delay_s = 5
     env = {**clean_env, "RERANKER_BASE_URL": emulator.url, "RERANKER_SHUTDOWN_GRACE_S": "0.5"}
     with running(SERVE, env, SERVING) as (process, ports):
-        url = f"http://127.0.0.1:{ports[1]}/rerank"
-        worker = threading.Thread(
-            target=lambda: httpx.post(url, json=BODY, timeout=10), daemon=True
-        )
-        worker.start()
-        while emulator.state.in_flight == 0:
-            time.sleep(0.01)
+        start_request_reaching_upstream(f"http://127.0.0.1:{ports[1]}", emulator, [])
         start = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
