@@ -23,6 +23,8 @@ def test_a_quick_bench_writes_every_row(tmp_path: Path) -> None:
     assert set(results["latency"]) == {
         f"{surface} {count}" for surface in ("grpc", "http") for count in (10, 100, 1000)
     }
+    own = [row["sidecar_own_ms"] for name, row in results["latency"].items() if "1000" not in name]
+    assert all(value > 0 for value in own)
     assert set(results["throughput"]) == {"1", "16", "64"}
     assert results["cache"]["hit_upstream_calls"] == 0
     assert results["cache"]["half_overlap_upstream_calls"] == 1
