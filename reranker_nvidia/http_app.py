@@ -12,7 +12,7 @@ from reranker_nvidia import __version__, http_cohere, http_nim, http_weaviate
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.http_guard import HttpGuard
 from reranker_nvidia.logs import request_id
-from reranker_nvidia.meta import describe
+from reranker_nvidia.meta import describe, served_models
 from reranker_nvidia.metrics import CONTENT_TYPE, Metrics
 from reranker_nvidia.ranker import Ranker
 
@@ -74,9 +74,14 @@ def create_http_app(ranker: Ranker, is_ready: Callable[[], bool]) -> FastAPI:
         version=__version__,
         description="Rerank vector, keyword and hybrid search hits with NVIDIA NIM.",
     )
-    app.include_router(http_weaviate.weaviate_router(ranker, describe(settings), is_ready))
-    app.include_router(http_nim.nim_router(ranker))
-    app.include_router(http_cohere.cohere_router(ranker))
+    # The Weaviate and Cohere contracts come from rerankers that cut over-long passages;
+    # NIM's own routes keep NIM's semantics (the request's truncate, else the server's).
+    truncate = settings.truncate or "END"
+    app.include_router(
+        http_weaviate.weaviate_router(ranker, describe(settings), is_ready, truncate)
+    )
+    app.include_router(http_nim.nim_router(ranker, served_models(settings)))
+    app.include_router(http_cohere.cohere_router(ranker, truncate))
 
     @app.get(
         "/metrics",

@@ -21,6 +21,7 @@ from reranker_nvidia.ranker import Ranker
 
 # Cohere bills one search unit per query with up to 100 documents.
 DOCUMENTS_PER_SEARCH_UNIT = 100
+COHERE_MODEL_PREFIX = "rerank-"
 
 
 class RerankDocument(BaseModel):
@@ -47,7 +48,12 @@ class RerankRequest(BaseModel):
     query: str
     documents: list[str | RerankDocument] = Field(description="Strings or {'text': ...}.")
     top_n: int | None = Field(default=None, ge=1, description="Return only the best top_n.")
-    return_documents: bool = Field(default=True, description="Echo each document's text.")
+    return_documents: bool = Field(
+        default=False, description="Echo each document's text (Cohere's default: false)."
+    )
+    max_tokens_per_doc: int | None = Field(
+        default=None, ge=1, description="Accepted for Cohere v2; over-long documents are cut."
+    )
 
 
 class RerankResult(BaseModel):
@@ -76,13 +82,26 @@ class RerankResponse(BaseModel):
     usage: RerankUsage
 
 
+def nim_model(model: str | None) -> str | None:
+    """The NIM model a Cohere request's ``model`` names; None for the server's default.
+
+    Clients set up for Cohere keep Cohere's own model ids (``rerank-english-v3.0``,
+    ``rerank-v3.5``); those name no NIM model, so they mean the server's.
+    """
+    if model is None or "/" in model or not model.startswith(COHERE_MODEL_PREFIX):
+        return model
+    return None
+
+
 def render_error(error: RerankError) -> Response:
     return JSONResponse(
         {"message": error.message}, status_code=error.http_status, headers=retry_headers(error)
     )
 
 
-def cohere_router(ranker: Ranker) -> APIRouter:
+def cohere_router(ranker: Ranker, truncate: str) -> APIRouter:
+    """``truncate``: what NIM does with an over-long document unless the request says
+    ``max_tokens_per_doc`` (then END); Cohere itself truncates."""
     router = APIRouter(tags=["Cohere/Jina rerank API"], route_class=shaped_errors(render_error))
 
     async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
@@ -90,7 +109,11 @@ def cohere_router(ranker: Ranker) -> APIRouter:
         ranking = await ranker.rank(
             body.query,
             texts,
-            replace(header_options(request), model=body.model),
+            replace(
+                header_options(request),
+                model=nim_model(body.model),
+                truncate="END" if body.max_tokens_per_doc is not None else truncate,
+            ),
             top_n=body.top_n,
             budget_s=request_budget(request),
         )

@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
+from reranker_nvidia.keys import usable_key
 from reranker_nvidia.ranker import RankOptions
 
 log = logging.getLogger("reranker_nvidia.http")
@@ -36,8 +37,8 @@ def header_options(request: Request) -> RankOptions:
     module send it), else ``X-Nvidia-Api-Key`` (how Weaviate names it on its own API).
     """
     return RankOptions(
-        api_key=_bearer_token(request.headers.get("authorization"))
-        or request.headers.get(API_KEY_HEADER),
+        api_key=usable_key(_bearer_token(request.headers.get("authorization")))
+        or usable_key(request.headers.get(API_KEY_HEADER)),
         base_url=request.headers.get(BASE_URL_HEADER),
     )
 

@@ -4,6 +4,9 @@
   ``X-Reranker-Token`` header (401 otherwise).
 - A body over ``RERANKER_MAX_BODY_BYTES`` is refused with 413 before it is parsed.
 - A caller that disconnects cancels its request, and with it the request's upstream calls.
+- Real clients are sloppy where it does not matter: a path with repeated slashes (a base URL
+  ending in ``/`` joined to ``/rerank``) routes like one with single slashes, and a POST body
+  sent without ``Content-Type`` (Weaviate's module) or as ``text/plain`` is read as JSON.
 - Every request gets an id (the caller's ``X-Request-Id`` if it is a plain token), echoed in
   the response and carried by every log line of the request; its outcome is reported.
 """
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -32,6 +36,12 @@ PathErrorRenderer = Callable[[str, RerankError], Any]
 
 _TOKEN_HEADER = TOKEN_HEADER.lower().encode()
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.lower().encode()
+_REPEATED_SLASHES = re.compile(r"//+")
+_REPEATED_SLASHES_RAW = re.compile(rb"//+")
+_CONTENT_TYPE = b"content-type"
+_JSON = b"application/json"
+# Content types a JSON body arrives under from clients that do not label it.
+_UNLABELLED = frozenset({b"", b"text/plain"})
 # What the outcome is called when the caller left before an answer (as nginx calls it).
 CLIENT_CLOSED = 499
 
@@ -62,6 +72,7 @@ class HttpGuard:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        scope = _tolerant(scope)
         rid = new_request_id(_header(scope, _REQUEST_ID_HEADER))
         context = request_id.set(rid)
         status = CLIENT_CLOSED
@@ -154,6 +165,28 @@ class HttpGuard:
                 raise
         finally:
             watcher.cancel()
+
+
+def _tolerant(scope: Scope) -> Scope:
+    """``scope`` with repeated slashes in its path collapsed and, on a POST, an unlabelled
+    body labelled JSON (every POST route takes JSON; a body that is not JSON still fails
+    validation with a clear message)."""
+    path: str = scope["path"]
+    if "//" in path:
+        scope = dict(scope, path=_REPEATED_SLASHES.sub("/", path))
+        raw_path = scope.get("raw_path")
+        if raw_path is not None:
+            scope["raw_path"] = _REPEATED_SLASHES_RAW.sub(b"/", raw_path)
+    if scope["method"] == "POST":
+        headers = scope["headers"]
+        labels = [value for key, value in headers if key == _CONTENT_TYPE]
+        if not labels or bytes(labels[0]).split(b";", 1)[0].strip().lower() in _UNLABELLED:
+            scope = dict(
+                scope,
+                headers=[(key, value) for key, value in headers if key != _CONTENT_TYPE]
+                + [(_CONTENT_TYPE, _JSON)],
+            )
+    return scope
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

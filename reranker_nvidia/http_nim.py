@@ -8,6 +8,7 @@ accepted: the core splits them into calls of at most 512.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
@@ -15,7 +16,6 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from reranker_nvidia.endpoints import normalise_model
 from reranker_nvidia.errors import ErrorCode, RerankError
 from reranker_nvidia.http_common import (
     header_options,
@@ -91,9 +91,17 @@ def render_error(error: RerankError) -> Response:
     return JSONResponse(body, status_code=status, headers=retry_headers(error))
 
 
-def nim_router(ranker: Ranker) -> APIRouter:
+def nim_router(ranker: Ranker, models: Sequence[str]) -> APIRouter:
+    """``models``: what ``GET /v1/models`` lists, the default first."""
     router = APIRouter(tags=["NVIDIA NIM ranking API"], route_class=shaped_errors(render_error))
-    default_model = normalise_model(ranker.settings.model)
+    model_list = ModelList(
+        data=[
+            ModelCard(
+                id=model, owned_by=model.split("/", 1)[0] if "/" in model else "nvidia", root=model
+            )
+            for model in models
+        ]
+    )
 
     async def rank(
         body: NimRankingRequest, request: Request, path_model: str | None
@@ -137,9 +145,11 @@ def nim_router(ranker: Ranker) -> APIRouter:
     ) -> NimRankingResponse:
         return await rank(body, request, f"{org}/{model}")
 
-    @router.get("/v1/models", summary="The model this sidecar serves by default (OpenAI-style)")
-    async def models() -> ModelList:
-        owner = default_model.split("/", 1)[0] if "/" in default_model else "nvidia"
-        return ModelList(data=[ModelCard(id=default_model, owned_by=owner, root=default_model)])
+    @router.get(
+        "/v1/models",
+        summary="The reranking models this sidecar offers, the default first (OpenAI-style)",
+    )
+    async def list_models() -> ModelList:
+        return model_list
 
     return router

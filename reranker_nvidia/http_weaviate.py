@@ -7,6 +7,7 @@ chunks of 32 documents, several in parallel, and assigns scores by position.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -57,7 +58,11 @@ def render_error(error: RerankError) -> Response:
     )
 
 
-def weaviate_router(ranker: Ranker, meta: Meta, is_ready: Callable[[], bool]) -> APIRouter:
+def weaviate_router(
+    ranker: Ranker, meta: Meta, is_ready: Callable[[], bool], truncate: str
+) -> APIRouter:
+    """``truncate``: what NIM does with an over-long passage; Weaviate never says, and the
+    cross-encoder this contract comes from truncates."""
     router = APIRouter(tags=["Weaviate sidecar"], route_class=shaped_errors(render_error))
 
     @router.get("/.well-known/live", status_code=204, summary="Liveness")
@@ -85,7 +90,7 @@ def weaviate_router(ranker: Ranker, meta: Meta, is_ready: Callable[[], bool]) ->
         responses={400: {"model": WeaviateError}, 502: {"model": WeaviateError}},
     )
     async def rerank(body: WeaviateRerankRequest, request: Request) -> WeaviateRerankResponse:
-        options = header_options(request)
+        options = replace(header_options(request), truncate=truncate)
         budget_s = request_budget(request)
         if body.documents is not None:
             ranking = await ranker.rank(

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from reranker_nvidia import __version__
-from reranker_nvidia.endpoints import normalise_model, resolve_endpoint
+from reranker_nvidia.endpoints import KNOWN_MODELS, normalise_model, resolve_endpoint
 from reranker_nvidia.settings import Settings
 from reranker_nvidia.upstream import redact_url
 
@@ -40,3 +40,10 @@ def describe(settings: Settings) -> Meta:
         max_documents=settings.max_documents,
         server_key_configured=settings.api_key is not None,
     )
+
+
+def served_models(settings: Settings) -> list[str]:
+    """Model ids the sidecar offers: the default first, then ``RERANKER_MODELS``, then every
+    reranking model NIM is known to serve; each once."""
+    ids = (settings.model, *settings.models, *KNOWN_MODELS)
+    return list(dict.fromkeys(normalise_model(model) for model in ids if model.strip()))

@@ -17,6 +17,7 @@ from reranker_nvidia.admission import Admission
 from reranker_nvidia.coalesce import Coalescer
 from reranker_nvidia.endpoints import is_hosted, normalise_model, resolve_endpoint
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
+from reranker_nvidia.keys import usable_key
 from reranker_nvidia.metrics import Metrics
 from reranker_nvidia.nim_schema import TRUNCATE_VALUES
 from reranker_nvidia.retry import RetryPolicy
@@ -345,15 +346,10 @@ def _cleaned(options: RankOptions) -> RankOptions:
     def blank_to_none(value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
 
-    api_key = blank_to_none(options.api_key)
-    if api_key is not None and not api_key.strip("*"):
-        # A masked placeholder, not a key: langchain-nvidia-ai-endpoints sends
-        # "Bearer **********" when it has none. Passing it on would override the server's key.
-        api_key = None
     return replace(
         options,
         model=blank_to_none(options.model),
         base_url=blank_to_none(options.base_url),
         truncate=blank_to_none(options.truncate),
-        api_key=api_key,
+        api_key=usable_key(options.api_key),
     )

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     )
     base_url: str = HOSTED_BASE_URL
     model: str = DEFAULT_MODEL
+    models: Annotated[tuple[str, ...], NoDecode] = ()
     truncate: NimTruncate | None = None
     host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -85,7 +86,14 @@ class Settings(BaseSettings):
             raise ValueError("RERANKER_BASE_URL must start with http:// or https://")
         return value
 
-    @field_validator("allowed_base_urls", mode="before")
+    @field_validator("model")
+    @classmethod
+    def _model_is_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("RERANKER_MODEL must name a model, e.g. " + DEFAULT_MODEL)
+        return value.strip()
+
+    @field_validator("allowed_base_urls", "models", mode="before")
     @classmethod
     def _split_urls(cls, value: object) -> object:
         if isinstance(value, str):

@@ -83,7 +83,9 @@ def test_compose_points_weaviate_at_the_sidecar() -> None:
     assert "reranker-nvidia" in services
     image, _, tag = weaviate["image"].rpartition(":")
     assert image.endswith("semitechnologies/weaviate")
-    assert tuple(int(part) for part in tag.split(".")[:2]) >= (1, 29), "pinned Weaviate >= 1.29"
+    assert tuple(int(part) for part in tag.split(".")) >= (1, 36, 19), "a current 1.36 patch"
+    assert weaviate["environment"]["MODULES_VALIDATE_BASE_URL"] == "false"
+    assert weaviate["environment"]["NVIDIA_APIKEY"].startswith("${NVIDIA_APIKEY")
 
     modules = weaviate["environment"]["ENABLE_MODULES"].split(",")
     assert {"reranker-transformers", "reranker-nvidia"} <= set(modules)
@@ -109,6 +111,81 @@ def test_compose_builds_the_sidecar_with_the_callers_key_and_real_settings() -> 
     assert container_ports == {defaults.http_port, defaults.grpc_port}
     exposed = {int(port) for line in instruction("EXPOSE") for port in line.split()}
     assert container_ports <= exposed
+
+
+def host_ports(service: dict[str, Any]) -> set[int]:
+    return {int(mapping.split(":")[0]) for mapping in service.get("ports", ())}
+
+
+def test_compose_host_ports_leave_make_run_its_own() -> None:
+    services = compose()["services"]
+    defaults = Settings()
+    taken = [port for service in services.values() for port in host_ports(service)]
+    assert len(taken) == len(set(taken)), "two services on one host port"
+    assert not {defaults.http_port, defaults.grpc_port} & set(taken)
+
+
+def test_compose_offline_profile_runs_the_emulator_from_the_same_image() -> None:
+    services = compose()["services"]
+    emulator = services["nim-emulator"]
+    assert emulator["profiles"] == ["offline"]
+    assert emulator["image"] == services["reranker-nvidia"]["image"]
+    assert emulator["build"] == services["reranker-nvidia"]["build"]
+    command = emulator["command"]
+    assert command[:2] == ["reranker-nvidia", "emulate-nim"]
+    port = command[command.index("--port") + 1]
+    text = (REPO / "docker-compose.weaviate.yml").read_text()
+    assert f"RERANKER_BASE_URL=http://nim-emulator:{port}" in text
+    # The emulator's CLI takes exactly these flags.
+    help_text = subprocess.run(
+        [SCRIPT, *command[1:2], "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--host" in help_text and "--port" in help_text
+
+
+def manifests(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_kubernetes_sidecar_probes_and_ports_match_the_settings() -> None:
+    defaults = Settings()
+    [deployment] = manifests(REPO / "deploy/kubernetes/deployment.yaml")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": defaults.http_port, "grpc": defaults.grpc_port}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/.well-known/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/.well-known/live"
+    assert container["envFrom"] == [{"secretRef": {"name": "reranker-nvidia"}}]
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > defaults.shutdown_grace_s + int(
+        container["lifecycle"]["preStop"]["exec"]["command"][1]
+    )
+    [secret] = manifests(REPO / "deploy/kubernetes/secret.yaml")
+    assert "NVIDIA_APIKEY" in secret["stringData"]
+    [service] = manifests(REPO / "deploy/kubernetes/service.yaml")
+    assert {port["targetPort"] for port in service["spec"]["ports"]} == set(ports)
+
+
+def test_weaviate_helm_values_point_the_module_at_the_sidecar() -> None:
+    [by_url] = manifests(REPO / "deploy/weaviate-helm/values-inference-url.yaml")
+    module = by_url["modules"]["reranker-transformers"]
+    assert module["enabled"] is False
+    [service] = manifests(REPO / "deploy/kubernetes/service.yaml")
+    http = next(port["port"] for port in service["spec"]["ports"] if port["name"] == "http")
+    assert module["inferenceUrl"] == f"http://{service['metadata']['name']}:{http}"
+
+    [as_module] = manifests(REPO / "deploy/weaviate-helm/values-sidecar-as-module.yaml")
+    module = as_module["modules"]["reranker-transformers"]
+    assert module["enabled"] is True
+    assert {"registry", "repo", "tag"} <= set(module)
+    for values in (by_url, as_module):
+        assert values["env"]["MODULES_VALIDATE_BASE_URL"] is False
+    [kustomization] = manifests(REPO / "deploy/weaviate-helm/post-render/kustomization.yaml")
+    [patch] = kustomization["patches"]
+    assert patch["target"]["name"] == module["fullnameOverride"]
+    assert yaml.safe_load(patch["patch"])[0]["value"] == [
+        {"secretRef": {"name": "reranker-nvidia"}}
+    ]
 
 
 def test_compose_offers_self_hosted_nim_as_a_profile() -> None:

@@ -20,7 +20,8 @@ def scores() -> list[float]:
 @pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
 def test_results_best_first_with_documents(sidecar: Sidecar, path: str) -> None:
     response = httpx.post(
-        sidecar.http_url + path, json={"query": QUERY, "documents": DOCUMENTS, "top_n": 2}
+        sidecar.http_url + path,
+        json={"query": QUERY, "documents": DOCUMENTS, "top_n": 2, "return_documents": True},
     )
     assert response.status_code == 200
     answer = response.json()
@@ -33,12 +34,24 @@ def test_results_best_first_with_documents(sidecar: Sidecar, path: str) -> None:
     assert answer["id"] and answer["model"] == "nvidia/rerank-qa-mistral-4b"
 
 
-def test_return_documents_false_omits_them(sidecar: Sidecar) -> None:
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
+@pytest.mark.parametrize("asked", [{}, {"return_documents": False}])
+def test_documents_are_omitted_unless_asked_for(
+    sidecar: Sidecar, path: str, asked: dict[str, bool]
+) -> None:
     response = httpx.post(
-        sidecar.http_url + "/v1/rerank",
-        json={"query": QUERY, "documents": DOCUMENTS, "return_documents": False},
+        sidecar.http_url + path, json={"query": QUERY, "documents": DOCUMENTS, **asked}
     )
     assert [set(r) for r in response.json()["results"]] == [{"index", "relevance_score"}] * 3
+
+
+def test_cohere_model_ids_mean_the_servers_model(sidecar: Sidecar, emulator: Emulator) -> None:
+    response = httpx.post(
+        sidecar.http_url + "/v2/rerank",
+        json={"model": "rerank-english-v3.0", "query": QUERY, "documents": DOCUMENTS},
+    )
+    assert response.json()["model"] == "nvidia/rerank-qa-mistral-4b"
+    assert [call.model for call in emulator.state.calls] == ["nvidia/rerank-qa-mistral-4b"]
 
 
 def test_bearer_key_and_model_reach_the_upstream(sidecar: Sidecar, emulator: Emulator) -> None:

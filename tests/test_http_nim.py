@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
+from reranker_nvidia.endpoints import KNOWN_MODELS
 from tests.conftest import SidecarFactory
 from tests.support import REQUEST_KEY, SERVER_KEY, Emulator, Sidecar
 
@@ -146,18 +147,27 @@ def test_unprocessable_errors_use_nims_list_shape(sidecar: Sidecar, emulator: Em
     assert "truncate" in bad_truncate.json()["detail"][0]["msg"]
 
 
-def test_models_lists_the_default_model(sidecar: Sidecar) -> None:
+def test_models_lists_the_default_first_then_every_known_model(sidecar: Sidecar) -> None:
     response = httpx.get(sidecar.http_url + "/v1/models")
     assert response.status_code == 200
-    assert response.json() == {
-        "object": "list",
-        "data": [
-            {
-                "id": "nvidia/rerank-qa-mistral-4b",
-                "object": "model",
-                "created": 0,
-                "owned_by": "nvidia",
-                "root": "nvidia/rerank-qa-mistral-4b",
-            }
-        ],
+    listing = response.json()
+    assert listing["object"] == "list"
+    assert listing["data"][0] == {
+        "id": "nvidia/rerank-qa-mistral-4b",
+        "object": "model",
+        "created": 0,
+        "owned_by": "nvidia",
+        "root": "nvidia/rerank-qa-mistral-4b",
     }
+    ids = [card["id"] for card in listing["data"]]
+    assert ids == list(dict.fromkeys(ids)), "each model once"
+    assert set(KNOWN_MODELS) <= set(ids)
+
+
+def test_models_adds_the_operators_models(make_sidecar: SidecarFactory) -> None:
+    sidecar = make_sidecar(
+        model="acme/rerank-x", models=("acme/rerank-y", "nvidia/llama-3_2-nv-rerankqa-1b-v2")
+    )
+    ids = [card["id"] for card in httpx.get(sidecar.http_url + "/v1/models").json()["data"]]
+    assert ids[:2] == ["acme/rerank-x", "acme/rerank-y"]
+    assert ids.count("nvidia/llama-3.2-nv-rerankqa-1b-v2") == 1

@@ -156,3 +156,46 @@ def test_no_key_error_names_header_and_variable(
 def test_openapi_lists_the_weaviate_routes(sidecar: Sidecar) -> None:
     paths = httpx.get(sidecar.http_url + "/openapi.json").json()["paths"]
     assert {"/rerank", "/meta", "/.well-known/live", "/.well-known/ready"} <= set(paths)
+
+
+def test_a_placeholder_bearer_does_not_hide_a_real_x_nvidia_api_key(
+    sidecar: Sidecar, emulator: Emulator
+) -> None:
+    response = httpx.post(
+        sidecar.http_url + "/rerank",
+        json={"query": QUERY, "documents": ["go"]},
+        headers={"Authorization": "Bearer NO_API_KEY_PROVIDED", "X-Nvidia-Api-Key": REQUEST_KEY},
+    )
+    assert response.status_code == 200
+    assert emulator.state.calls[-1].authorization == f"Bearer {REQUEST_KEY}"
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "text/plain; charset=utf-8"])
+def test_an_unlabelled_json_body_is_read_as_json(
+    sidecar: Sidecar, content_type: str | None
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    request = httpx.Request(
+        "POST",
+        sidecar.http_url + "//rerank",
+        content=b'{"query":"which way","documents":["go this way"],"property":""}',
+        headers=headers,
+    )
+    assert request.headers.get("Content-Type") == content_type
+    response = httpx.Client().send(request)
+    assert response.status_code == 200, response.text
+    assert response.json()["scores"][0]["document"] == "go this way"
+
+
+@pytest.mark.parametrize(
+    "path", ["//.well-known/ready", "//meta", "///v1/models", "//v1//retrieval/nvidia/reranking"]
+)
+def test_repeated_slashes_route_like_one(sidecar: Sidecar, path: str) -> None:
+    if path.endswith("reranking"):
+        response = httpx.post(
+            sidecar.http_url + path,
+            json={"query": {"text": "which way"}, "passages": [{"text": "this way"}]},
+        )
+    else:
+        response = httpx.get(sidecar.http_url + path)
+    assert 200 <= response.status_code < 300

@@ -89,3 +89,64 @@ def test_litellm_cohere_rerank_against_v1_rerank(sidecar: Sidecar, emulator: Emu
     )
     assert [result["index"] for result in response.results] == best_first(TEXTS)[:3]
     assert emulator.state.calls[-1].authorization == f"Bearer {REQUEST_KEY}"
+
+
+def test_llamaindex_without_a_key_uses_the_sidecars(sidecar: Sidecar, emulator: Emulator) -> None:
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    from llama_index.postprocessor.nvidia_rerank import NVIDIARerank as LlamaIndexRerank
+
+    # Any model the sidecar lists is accepted, not only LlamaIndex's own table's.
+    reranker = LlamaIndexRerank(
+        base_url=f"{sidecar.http_url}/v1", model="nvidia/llama-nemotron-rerank-1b-v2", top_n=3
+    )
+    nodes = [NodeWithScore(node=TextNode(text=text), score=0.0) for text in TEXTS]
+    ranked = reranker.postprocess_nodes(nodes, QueryBundle(QUERY))
+    assert [node.node.get_content() for node in ranked] == [TEXTS[i] for i in best_first(TEXTS)[:3]]
+    [call] = emulator.state.calls
+    assert call.authorization == f"Bearer {SERVER_KEY}", "NO_API_KEY_PROVIDED is no key"
+    assert call.model == "nvidia/llama-nemotron-rerank-1b-v2"
+
+
+def test_llamaindex_with_its_own_key(sidecar: Sidecar, emulator: Emulator) -> None:
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    from llama_index.postprocessor.nvidia_rerank import NVIDIARerank as LlamaIndexRerank
+
+    reranker = LlamaIndexRerank(
+        base_url=f"{sidecar.http_url}/v1", model="nvidia/rerank-qa-mistral-4b", api_key=REQUEST_KEY
+    )
+    nodes = [NodeWithScore(node=TextNode(text=text), score=0.0) for text in TEXTS]
+    ranked = reranker.postprocess_nodes(nodes, QueryBundle(QUERY))
+    assert ranked[0].node.get_content() == TEXTS[best_first(TEXTS)[0]]
+    assert {call.authorization for call in emulator.state.calls} == {f"Bearer {REQUEST_KEY}"}
+
+
+@pytest.mark.parametrize("api_key", [None, REQUEST_KEY])
+def test_haystack_nvidia_ranker(api_key: str | None, sidecar: Sidecar, emulator: Emulator) -> None:
+    os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"
+    from haystack import Document as HaystackDocument
+    from haystack.utils import Secret
+    from haystack_integrations.components.rankers.nvidia import NvidiaRanker
+
+    ranker = NvidiaRanker(
+        api_url=f"{sidecar.http_url}/v1",
+        model="nvidia/llama-3.2-nv-rerankqa-1b-v2",
+        api_key=Secret.from_token(api_key) if api_key else None,
+        top_k=2,
+    )
+    ranker.warm_up()
+    result = ranker.run(query=QUERY, documents=[HaystackDocument(content=t) for t in TEXTS])
+    assert [doc.content for doc in result["documents"]] == [TEXTS[i] for i in best_first(TEXTS)[:2]]
+    [call] = emulator.state.calls
+    assert call.authorization == f"Bearer {api_key or SERVER_KEY}"
+
+
+def test_langchain_without_a_key_uses_the_sidecars(sidecar: Sidecar, emulator: Emulator) -> None:
+    reranker = NVIDIARerank(
+        base_url=f"{sidecar.http_url}/v1", model="nvidia/llama-nemotron-rerank-1b-v2", top_n=2
+    )
+    ranked = reranker.compress_documents(
+        documents=[Document(page_content=text) for text in TEXTS], query=QUERY
+    )
+    assert [doc.page_content for doc in ranked] == [TEXTS[i] for i in best_first(TEXTS)[:2]]
+    [call] = emulator.state.calls
+    assert call.authorization == f"Bearer {SERVER_KEY}", "********** is no key"

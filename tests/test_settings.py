@@ -65,3 +65,14 @@ def test_bad_settings_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, va
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_extra_models_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RERANKER_MODELS", " acme/a, ,acme/b ")
+    assert Settings().models == ("acme/a", "acme/b")
+
+
+def test_an_empty_model_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RERANKER_MODEL", " ")
+    with pytest.raises(ValidationError, match="RERANKER_MODEL must name a model"):
+        Settings()
