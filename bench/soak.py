@@ -1,13 +1,20 @@
-"""Soak: the sidecar under a steady load on loopback for a bounded time.
+"""Soak: the sidecar under a steady load on loopback for a bounded time, then under attack.
 
 Starts the NIM emulator and the sidecar as processes of their own, sends requests at a fixed
 rate through every surface (gRPC Rank and Rerank, HTTP /rerank, /v1/ranking, /v1/rerank),
 with a share of bad requests that must be refused with a 4xx, and reports requests, errors,
-latency and the sidecar's resident memory at the start and the end.
+latency and the sidecar's resident memory at the start and the end. Then two hostile phases:
+
+- slow clients: hundreds of connections that never finish their headers and dozens of large
+  bodies that stall half-way, while the liveness probe must keep answering; every one of them
+  must be closed by the sidecar's header and body timeouts;
+- a hostile upstream: an allow-listed "NIM" that answers with bodies far over
+  RERANKER_MAX_UPSTREAM_BYTES (a huge ranking, a huge JSON error); each must be a 502.
 
     python bench/soak.py [--duration 60] [--rate 50]
 
-Exits 1 if any request failed unexpectedly. Only loopback addresses are used.
+Exits 1 if any request failed unexpectedly, a hostile phase did not hold, or the sidecar's RSS
+went over RSS_BOUND_MIB. Only loopback addresses are used.
 """
 
 from __future__ import annotations
@@ -37,6 +44,28 @@ from reranker_nvidia.client import AsyncRerankerClient
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.hits import Hit, SearchType
 
+# The sidecar's resident memory must stay under this through the whole soak, attacks included.
+RSS_BOUND_MIB = 300
+SLOW_HEADERS = 300
+STALLED_BODIES = 24
+STALLED_BODY_BYTES = 12 * 1024 * 1024
+HOSTILE_ANSWER_BYTES = 64 * 1024 * 1024
+# The sidecar under soak closes slow clients sooner than its defaults, so the phase is short.
+SOAK_SETTINGS = {"RERANKER_HEADER_TIMEOUT_S": "2", "RERANKER_BODY_TIMEOUT_S": "3"}
+
+
+class RssWatch:
+    """The sidecar's resident memory, sampled, with the highest reading kept."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0.0
+
+    def sample(self) -> float:
+        reading = rss_mib(self.pid)
+        self.peak = max(self.peak, reading)
+        return reading
+
 
 @dataclass
 class Tally:
@@ -50,17 +79,31 @@ def documents(count: int) -> list[str]:
 
 async def soak(duration_s: float, rate: float, seed: int) -> int:
     random.seed(seed)
-    env = clean_environment()
-    with running(["emulate-nim", "--port", "0"], env, EMULATOR_READY) as (_, emulator):
-        env["RERANKER_BASE_URL"] = f"http://127.0.0.1:{emulator[1]}"
-        with running(SERVE, env, SIDECAR_READY) as (pid, sidecar):
-            return await _soak(duration_s, rate, pid, sidecar)
+    env = {**clean_environment(), **SOAK_SETTINGS}
+    hostile = await asyncio.start_server(_hostile_upstream, "127.0.0.1", 0)
+    hostile_url = f"http://127.0.0.1:{hostile.sockets[0].getsockname()[1]}"
+    env["RERANKER_ALLOWED_BASE_URLS"] = hostile_url
+    try:
+        with running(["emulate-nim", "--port", "0"], env, EMULATOR_READY) as (_, emulator):
+            env["RERANKER_BASE_URL"] = f"http://127.0.0.1:{emulator[1]}"
+            with running(SERVE, env, SIDECAR_READY) as (pid, sidecar):
+                rss = RssWatch(pid)
+                failed = await _soak(duration_s, rate, rss, sidecar)
+                failed |= await _slow_clients(rss, sidecar)
+                failed |= await _hostile_phase(rss, sidecar, hostile_url)
+                within = rss.peak <= RSS_BOUND_MIB
+                print(
+                    f"sidecar RSS peak over every phase: {rss.peak:.1f} MiB "
+                    f"(bound {RSS_BOUND_MIB} MiB: {'held' if within else 'EXCEEDED'})"
+                )
+                return failed | (0 if within else 1)
+    finally:
+        hostile.close()
 
 
-async def _soak(duration_s: float, rate: float, pid: int, sidecar: re.Match[str]) -> int:
+async def _soak(duration_s: float, rate: float, rss: RssWatch, sidecar: re.Match[str]) -> int:
     http_url, grpc_target = f"http://127.0.0.1:{sidecar[1]}", f"127.0.0.1:{sidecar[2]}"
-    rss_start = rss_mib(pid)
-    rss_peak = rss_start
+    rss_start = rss.sample()
     tally = Tally()
     async with (
         httpx.AsyncClient(base_url=http_url, timeout=10) as http,
@@ -113,11 +156,107 @@ async def _soak(duration_s: float, rate: float, pid: int, sidecar: re.Match[str]
             task.add_done_callback(tasks.discard)
             sent += 1
             if sent % max(1, int(rate)) == 0:
-                rss_peak = max(rss_peak, rss_mib(pid))
+                rss.sample()
             await asyncio.sleep(max(0.0, began + sent * interval - now))
         await asyncio.wait_for(asyncio.gather(*tasks), 15)
-    rss_end = rss_mib(pid)
-    return _report(duration_s, rate, tally, rss_start, rss_peak, rss_end)
+    rss_end = rss.sample()
+    return _report(duration_s, rate, tally, rss_start, rss.peak, rss_end)
+
+
+async def _slow_clients(rss: RssWatch, sidecar: re.Match[str]) -> int:
+    """Half-sent headers and stalled bodies: the probe answers throughout, memory stays
+    bounded, and the sidecar closes every one of them."""
+    port = int(sidecar[1])
+    rss_start = rss.sample()
+    connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    for _ in range(SLOW_HEADERS):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /rerank HTTP/1.1\r\nHost: soak\r\n")
+        connections.append((reader, writer))
+    half = b"x" * (STALLED_BODY_BYTES // 2)
+    for _ in range(STALLED_BODIES):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = (
+            f"POST /rerank HTTP/1.1\r\nHost: soak\r\nContent-Length: {STALLED_BODY_BYTES}\r\n\r\n"
+        )
+        writer.write(head.encode() + half)
+        connections.append((reader, writer))
+    await asyncio.gather(*(writer.drain() for _, writer in connections))
+    rss_peak = rss.sample()
+    probes_ok = 0
+    async with httpx.AsyncClient(timeout=5) as http:
+        for _ in range(10):
+            response = await http.get(f"http://127.0.0.1:{port}/.well-known/live")
+            probes_ok += response.status_code == 204
+            rss_peak = max(rss_peak, rss.sample())
+            await asyncio.sleep(0.2)
+
+    async def closed_by_sidecar(reader: asyncio.StreamReader) -> bool:
+        try:
+            while await asyncio.wait_for(reader.read(65536), 10):
+                pass
+        except (asyncio.TimeoutError, ConnectionError):
+            return False
+        return True
+
+    closed = sum(await asyncio.gather(*(closed_by_sidecar(reader) for reader, _ in connections)))
+    for _, writer in connections:
+        writer.close()
+    rss_end = rss.sample()
+    total = len(connections)
+    held = probes_ok == 10 and closed == total
+    print(f"slow clients: {SLOW_HEADERS} half-sent headers, {STALLED_BODIES} stalled 12 MiB bodies")
+    print(f"  liveness probes answered  {probes_ok}/10")
+    print(f"  closed by the sidecar     {closed}/{total}")
+    print(
+        f"  sidecar RSS MiB           start {rss_start:.1f}  peak {rss_peak:.1f}  end {rss_end:.1f}"
+    )
+    return 0 if held else 1
+
+
+async def _hostile_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A "NIM" that answers every call with a body far over any sane limit."""
+    try:
+        request = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length:\s*(\d+)", request)
+        await reader.readexactly(int(length[1]) if length else 0)
+        status = b"200 OK" if random.random() < 0.5 else b"500 Internal Server Error"
+        writer.write(
+            b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % HOSTILE_ANSWER_BYTES
+        )
+        chunk = b'{"rankings": [' + b" " * (1024 * 1024 - 14)
+        for _ in range(HOSTILE_ANSWER_BYTES // len(chunk)):
+            writer.write(chunk)
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _hostile_phase(rss: RssWatch, sidecar: re.Match[str], hostile_url: str) -> int:
+    rss_start = rss.sample()
+    statuses: Counter[int] = Counter()
+    async with httpx.AsyncClient(timeout=30) as http:
+        for _ in range(4):
+            responses = await asyncio.gather(
+                *(
+                    http.post(
+                        f"http://127.0.0.1:{sidecar[1]}/v1/ranking",
+                        json={"query": {"text": "q"}, "passages": [{"text": "p"}]},
+                        headers={"X-Nvidia-Baseurl": hostile_url},
+                    )
+                    for _ in range(8)
+                )
+            )
+            statuses.update(response.status_code for response in responses)
+            rss.sample()
+    rss_end = rss.sample()
+    print(f"hostile upstream: {sum(statuses.values())} calls answered with 64 MiB bodies")
+    print(f"  statuses                  {dict(statuses)}")
+    print(f"  sidecar RSS MiB           start {rss_start:.1f}  end {rss_end:.1f}")
+    return 0 if set(statuses) == {502} else 1
 
 
 async def _grpc_rank(client: AsyncRerankerClient) -> int:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator
 
 from reranker_nvidia.errors import ErrorCode, RerankError
 
 RETRY_AFTER_S = 1.0
+# Set while a request holds its place, so that admitting it again (a surface that admits before
+# converting its input, then the core) counts it once.
+_admitted: contextvars.ContextVar[bool] = contextvars.ContextVar("admitted", default=False)
 
 
 class Admission:
@@ -31,6 +35,9 @@ class Admission:
 
     @contextlib.asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
+        if _admitted.get():
+            yield
+            return
         if self._draining:
             raise RerankError(
                 ErrorCode.UNAVAILABLE,
@@ -47,9 +54,11 @@ class Admission:
             )
         self._in_flight += 1
         self._idle.clear()
+        token = _admitted.set(True)
         try:
             yield
         finally:
+            _admitted.reset(token)
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()

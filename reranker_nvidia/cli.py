@@ -85,8 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from reranker_nvidia.asgi_server import raise_file_limit
     from reranker_nvidia.server import SidecarServer
 
+    raise_file_limit()
     overrides: dict[str, Any] = {
         name: value
         for name, value in (
@@ -103,7 +105,12 @@ def _serve(args: argparse.Namespace) -> int:
             field = ".".join(str(part) for part in problem["loc"])
             print(f"reranker-nvidia: invalid setting {field}: {problem['msg']}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_format)
+    secrets = [
+        secret.get_secret_value()
+        for secret in (settings.api_key, settings.auth_token)
+        if secret is not None
+    ]
+    logs.configure(settings.log_level, settings.log_format, secrets)
     _run(SidecarServer(settings).serve_until_signalled())
     return 0
 

@@ -6,7 +6,7 @@ reverse, so both sides agree on every field by construction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -47,7 +47,7 @@ def options_from_proto(message: pb.RankOptions, metadata: Mapping[str, str]) -> 
         raise invalid_argument(f"options.truncate: unknown Truncate value {message.truncate}")
     return RankOptions(
         model=message.model or None,
-        base_url=metadata.get(BASE_URL_METADATA) or message.base_url or None,
+        base_url=(metadata.get(BASE_URL_METADATA) or "").strip() or message.base_url or None,
         truncate=_TRUNCATE_FROM_PROTO[message.truncate],
         api_key=metadata.get(API_KEY_METADATA),
     )
@@ -73,14 +73,34 @@ def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
     return message
 
 
-def hit_from_proto(message: pb.Hit) -> Hit:
+def hit_from_proto(message: pb.Hit, properties: Sequence[str] | None = None) -> Hit:
+    """The hit, with only the named ``properties`` converted when they are given: those are
+    all the core reads, and a hit may carry many more."""
+    if properties is None:
+        converted = struct_to_dict(message.properties)
+    else:
+        fields = message.properties.fields
+        converted = {name: _value(fields[name]) for name in properties if name in fields}
     return Hit(
         id=message.id,
-        properties=struct_to_dict(message.properties),
+        properties=converted,
         score=message.score if message.HasField("score") else None,
         distance=message.distance if message.HasField("distance") else None,
         search_type=_SEARCH_TYPE_FROM_PROTO.get(message.search_type, SearchType.UNSPECIFIED),
     )
+
+
+def _value(message: struct_pb2.Value) -> Any:
+    kind = message.WhichOneof("kind")
+    if kind == "string_value":
+        return message.string_value
+    if kind == "list_value":
+        return [_value(item) for item in message.list_value.values]
+    if kind == "number_value":
+        return message.number_value
+    if kind == "bool_value":
+        return message.bool_value
+    return None if kind in (None, "null_value") else struct_to_dict(message.struct_value)
 
 
 def hit_to_proto(hit: Hit) -> pb.Hit:

@@ -46,20 +46,31 @@ def is_hosted(base_url: str) -> bool:
     return (urlsplit(base_url.strip()).hostname or "").lower() in HOSTED_HOSTS
 
 
+def endpoint_identity(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path): two URLs with the same identity reach the same endpoint."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower().rstrip("."), port, parts.path.rstrip("/")
+
+
 def resolve_endpoint(base_url: str, model: str) -> str:
     """The URL to POST a ranking request for ``model`` to, given a user-written base URL."""
-    base = base_url.strip().rstrip("/")
+    # A fragment never reaches a server; a query stays at the end of the URL.
+    base, _, query = base_url.strip().split("#", 1)[0].partition("?")
+    base = base.rstrip("/")
+    query = f"?{query}" if query else ""
     if base.endswith(_ENDPOINT_SUFFIXES):
-        return base
+        return base + query
     if is_hosted(base):
         root = _strip_suffix(_strip_suffix(base, "/retrieval"), "/v1")
         model = normalise_model(model)
         if model in LEGACY_HOSTED_MODELS:
-            return f"{root}/v1/retrieval/nvidia/reranking"
-        return f"{root}/v1/retrieval/{model.replace('.', '_')}/reranking"
+            return f"{root}/v1/retrieval/nvidia/reranking{query}"
+        return f"{root}/v1/retrieval/{model.replace('.', '_')}/reranking{query}"
     if base.endswith("/v1"):
-        return f"{base}/ranking"
-    return f"{base}/v1/ranking"
+        return f"{base}/ranking{query}"
+    return f"{base}/v1/ranking{query}"
 
 
 def _strip_suffix(value: str, suffix: str) -> str:

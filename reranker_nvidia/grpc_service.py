@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,7 @@ from reranker_nvidia.convert import (
     usage_to_proto,
 )
 from reranker_nvidia.errors import RerankError
-from reranker_nvidia.hits import collection_options, rerank_hits
+from reranker_nvidia.hits import collection_options, rerank_hits, rerank_properties
 from reranker_nvidia.logs import new_request_id, request_id
 from reranker_nvidia.meta import Meta
 from reranker_nvidia.metrics import Metrics
@@ -62,6 +63,9 @@ async def _answer(
     started = time.perf_counter()
     try:
         return await work
+    except asyncio.CancelledError:
+        status = grpc.StatusCode.CANCELLED
+        raise
     except RerankError as error:
         status = status_code_for(error)
         await context.abort(status, error.message)
@@ -125,16 +129,25 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
     async def _rerank(
         self, request: pb.RerankRequest, metadata: dict[str, str], budget_s: float | None
     ) -> pb.RerankResponse:
-        result = await rerank_hits(
-            self._ranker,
-            [hit_from_proto(hit) for hit in request.hits],
-            properties=list(request.properties),
-            query=request.query,
-            options=options_from_proto(request.options, metadata),
-            collection=collection_options(struct_to_dict(request.module_config)),
-            top_n=_top_n(request),
-            budget_s=budget_s,
-        )
+        settings = self._ranker.settings
+        # Admitted, and its counts checked, before a single hit is converted.
+        async with self._ranker.admission.admit():
+            properties = rerank_properties(
+                request.properties,
+                len(request.hits),
+                max_hits=settings.max_documents,
+                max_properties=settings.max_properties,
+            )
+            result = await rerank_hits(
+                self._ranker,
+                [hit_from_proto(hit, properties) for hit in request.hits],
+                properties=properties,
+                query=request.query,
+                options=options_from_proto(request.options, metadata),
+                collection=collection_options(struct_to_dict(request.module_config)),
+                top_n=_top_n(request),
+                budget_s=budget_s,
+            )
         reranked = []
         for entry in result.hits:
             message = pb.RerankedHit(

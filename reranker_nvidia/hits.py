@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reranker_nvidia.errors import invalid_argument
-from reranker_nvidia.ranker import Ranker, RankOptions, check_top_n
+from reranker_nvidia.ranker import Ranker, RankOptions, check_count, check_top_n
 from reranker_nvidia.upstream import Usage
 
 MODULE_CONFIG_KEY = "reranker-nvidia"
@@ -83,6 +83,21 @@ def collection_options(module_config: Mapping[str, Any] | None) -> RankOptions:
     return RankOptions(model=model, base_url=base_url)
 
 
+def rerank_properties(
+    properties: Sequence[str], hit_count: int, *, max_hits: int, max_properties: int
+) -> list[str]:
+    """The distinct property names to rank by, once the request's counts are within limits.
+
+    Checked before any hit is looked at: the work of a request is hits x properties.
+    """
+    check_count("hits", hit_count, max_hits, "RERANKER_MAX_DOCUMENTS")
+    check_count("properties", len(properties), max_properties, "RERANKER_MAX_PROPERTIES")
+    names = list(dict.fromkeys(name for name in properties if name.strip()))
+    if not names:
+        raise invalid_argument("properties must name at least one property to rerank by")
+    return names
+
+
 async def rerank_hits(
     ranker: Ranker,
     hits: Sequence[Hit],
@@ -98,8 +113,12 @@ async def rerank_hits(
 
     Request ``options`` win over the ``collection``'s, which win over the server's settings.
     """
-    if not [name for name in properties if name.strip()]:
-        raise invalid_argument("properties must name at least one property to rerank by")
+    properties = rerank_properties(
+        properties,
+        len(hits),
+        max_hits=ranker.settings.max_documents,
+        max_properties=ranker.settings.max_properties,
+    )
     check_top_n(top_n)
     texts = [hit_text(hit, properties) for hit in hits]
     ranked_positions = [position for position, text in enumerate(texts) if text]

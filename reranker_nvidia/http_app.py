@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse
 
 from reranker_nvidia import __version__, http_cohere, http_nim, http_weaviate
 from reranker_nvidia.errors import RerankError
-from reranker_nvidia.http_guard import HttpGuard
+from reranker_nvidia.http_guard import HttpGuard, RequestsInFlight
 from reranker_nvidia.logs import request_id
 from reranker_nvidia.meta import describe, served_models
 from reranker_nvidia.metrics import CONTENT_TYPE, Metrics
@@ -67,7 +67,9 @@ def _observer(metrics: Metrics) -> Callable[[str, str, int, float], None]:
     return observe
 
 
-def create_http_app(ranker: Ranker, is_ready: Callable[[], bool]) -> FastAPI:
+def create_http_app(
+    ranker: Ranker, is_ready: Callable[[], bool], in_flight: RequestsInFlight
+) -> FastAPI:
     settings = ranker.settings
     app = FastAPI(
         title="reranker-nvidia",
@@ -96,6 +98,8 @@ def create_http_app(ranker: Ranker, is_ready: Callable[[], bool]) -> FastAPI:
         HttpGuard,
         render=render_for_path,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        in_flight=in_flight,
         auth_token=settings.auth_token.get_secret_value() if settings.auth_token else None,
         arriving=ranker.arriving,
         observe=_observer(ranker.metrics),

@@ -2,7 +2,10 @@
 
 - With ``RERANKER_AUTH_TOKEN`` set, every path but ``/.well-known/live|ready`` needs the
   ``X-Reranker-Token`` header (401 otherwise).
-- A body over ``RERANKER_MAX_BODY_BYTES`` is refused with 413 before it is parsed.
+- A body over ``RERANKER_MAX_BODY_BYTES`` is refused with 413 before it is parsed, and one
+  not received within ``RERANKER_BODY_TIMEOUT_S`` with 408.
+- A request counts as one that may still join a coalescing batch only once its body is in.
+- Requests still running when a graceful stop ends are answered 503 in their contract's shape.
 - A caller that disconnects cancels its request, and with it the request's upstream calls.
 - Real clients are sloppy where it does not matter: a path with repeated slashes (a base URL
   ending in ``/`` joined to ``/rerank``) routes like one with single slashes, and a POST body
@@ -50,6 +53,42 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _BodyTooSlow(Exception):
+    pass
+
+
+class RequestsInFlight:
+    """The HTTP requests being handled, so that a stop can end those still running."""
+
+    def __init__(self) -> None:
+        self._handlers: set[asyncio.Future[None]] = set()
+        self.stopping = False
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    def add(self, handler: asyncio.Future[None]) -> None:
+        self._handlers.add(handler)
+
+    def discard(self, handler: asyncio.Future[None]) -> None:
+        self._handlers.discard(handler)
+
+    def stop_all(self) -> None:
+        """Each request still running is cancelled and answered 503 (if it had not begun
+        its answer)."""
+        self.stopping = True
+        for handler in list(self._handlers):
+            handler.cancel()
+
+
+SHUTTING_DOWN = RerankError(
+    ErrorCode.UNAVAILABLE,
+    "the server stopped before this request finished; retry on another instance",
+    http_status=503,
+    retry_after_s=1.0,
+)
+
+
 class HttpGuard:
     def __init__(
         self,
@@ -57,12 +96,16 @@ class HttpGuard:
         *,
         render: PathErrorRenderer,
         max_body_bytes: int,
+        body_timeout_s: float,
         auth_token: str | None,
         arriving: Callable[[], AbstractContextManager[None]],
         observe: Callable[[str, str, int, float], None],
+        in_flight: RequestsInFlight,
     ) -> None:
         self._app = app
         self._arriving = arriving
+        self._in_flight = in_flight
+        self._body_timeout_s = body_timeout_s
         self._observe = observe
         self._render = render
         self._max_body_bytes = max_body_bytes
@@ -89,8 +132,7 @@ class HttpGuard:
             await send(message)
 
         try:
-            with self._arriving():
-                await self._guarded(scope, receive, send_with_id)
+            await self._guarded(scope, receive, send_with_id)
         finally:
             self._observe(scope["method"], scope["path"], status, time.perf_counter() - started)
             request_id.reset(context)
@@ -113,9 +155,18 @@ class HttpGuard:
             )
             await self._render(path, error)(scope, receive, send)
             return
+        except _BodyTooSlow:
+            error = RerankError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"body: not received within {self._body_timeout_s:g} s (RERANKER_BODY_TIMEOUT_S)",
+                http_status=408,
+            )
+            await self._render(path, error)(scope, receive, send)
+            return
         if body is None:  # the caller left while sending
             return
-        await self._run_until_disconnect(scope, body, receive, send)
+        with self._arriving():
+            await self._run_until_disconnect(scope, body, receive, send)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         declared = _header(scope, b"content-length")
@@ -123,17 +174,37 @@ class HttpGuard:
             raise _BodyTooLarge
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._max_body_bytes:
-                raise _BodyTooLarge
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        # One timer for the whole body rather than a timeout per read: a body already in
+        # is read without giving up the loop, so requests that arrive together stay together.
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self._body_timeout_s, expire)
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self._max_body_bytes:
+                    raise _BodyTooLarge
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            _uncancel(task)
+            raise _BodyTooSlow from None
+        finally:
+            timer.cancel()
 
     async def _run_until_disconnect(
         self, scope: Scope, body: bytes, receive: Receive, send: Send
@@ -149,7 +220,15 @@ class HttpGuard:
             await disconnected.wait()
             return {"type": "http.disconnect"}
 
-        handler = asyncio.ensure_future(self._app(scope, replay, send))
+        answering = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal answering
+            answering = True
+            await send(message)
+
+        handler = asyncio.ensure_future(self._app(scope, replay, send_tracked))
+        self._in_flight.add(handler)
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -161,9 +240,13 @@ class HttpGuard:
         try:
             await handler
         except asyncio.CancelledError:
-            if not disconnected.is_set():
+            if disconnected.is_set():
+                return
+            if not (self._in_flight.stopping and handler.cancelled()) or answering:
                 raise
+            await self._render(scope["path"], SHUTTING_DOWN)(scope, receive, send)
         finally:
+            self._in_flight.discard(handler)
             watcher.cancel()
 
 
@@ -187,6 +270,13 @@ def _tolerant(scope: Scope) -> Scope:
                 + [(_CONTENT_TYPE, _JSON)],
             )
     return scope
+
+
+def _uncancel(task: asyncio.Task[Any]) -> None:
+    """Undo the cancellation the body timer asked for (Python 3.11+ counts them)."""
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -7,8 +7,15 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Sequence
+
+from reranker_nvidia.redaction import escape_controls, scrub
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The key the request being served sends upstream, so that no log line of it shows the key.
+request_secrets: contextvars.ContextVar[tuple[str | None, ...]] = contextvars.ContextVar(
+    "request_secrets", default=()
+)
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -22,9 +29,24 @@ def new_request_id(given: str | None) -> str:
 
 
 class _RequestIdFilter(logging.Filter):
+    """Tags each record with its request id, and makes its text safe to print: every secret
+    the process knows is masked and control characters are escaped, whatever logged it (our
+    code, uvicorn, or httpx's DEBUG lines with upstream headers)."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self._secrets = tuple(secrets)
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = request_id.get()
+        message = record.getMessage()
+        record.msg = escape_controls(scrub(message, (*self._secrets, *request_secrets.get())))
+        record.args = None
+        for name in ("path", "method"):
+            value = getattr(record, name, None)
+            if isinstance(value, str):
+                setattr(record, name, escape_controls(value))
         return True
 
 
@@ -45,9 +67,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str, log_format: str) -> None:
+def configure(level: str, log_format: str, secrets: Sequence[str] = ()) -> None:
+    """Log to stderr in ``log_format``; ``secrets`` never appear in a line."""
     handler = logging.StreamHandler()
-    handler.addFilter(_RequestIdFilter())
+    handler.addFilter(_RequestIdFilter(secrets))
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

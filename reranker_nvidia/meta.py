@@ -7,8 +7,8 @@ from typing import Any
 
 from reranker_nvidia import __version__
 from reranker_nvidia.endpoints import KNOWN_MODELS, normalise_model, resolve_endpoint
+from reranker_nvidia.redaction import redact_url
 from reranker_nvidia.settings import Settings
-from reranker_nvidia.upstream import redact_url
 
 NAME = "reranker-nvidia"
 

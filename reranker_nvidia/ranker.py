@@ -15,16 +15,24 @@ from typing import cast
 
 from reranker_nvidia.admission import Admission
 from reranker_nvidia.coalesce import Coalescer
-from reranker_nvidia.endpoints import is_hosted, normalise_model, resolve_endpoint
+from reranker_nvidia.endpoints import (
+    endpoint_identity,
+    is_hosted,
+    normalise_model,
+    resolve_endpoint,
+)
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.keys import usable_key
+from reranker_nvidia.logs import request_secrets
 from reranker_nvidia.metrics import Metrics
 from reranker_nvidia.nim_schema import TRUNCATE_VALUES
+from reranker_nvidia.redaction import redact_url, scrub
 from reranker_nvidia.retry import RetryPolicy
 from reranker_nvidia.score_cache import ScoreCache, digest, scope_digest
 from reranker_nvidia.settings import Settings
-from reranker_nvidia.ssrf import Resolver, check_url_text, origin, system_resolver
-from reranker_nvidia.upstream import NimClient, UpstreamRanking, Usage, redact_url
+from reranker_nvidia.ssrf import Resolver, check_url_text, parse_base_url, system_resolver
+from reranker_nvidia.upstream import NimClient, UpstreamRanking, Usage
+from reranker_nvidia.verified_keys import VerifiedKeys
 
 NO_KEY_MESSAGE = (
     "no api key found neither in request header: X-Nvidia-Api-Key "
@@ -42,12 +50,12 @@ class RankOptions:
     api_key: str | None = field(default=None, repr=False)
 
     def over(self, fallback: RankOptions) -> RankOptions:
-        """These options, with any unset field taken from ``fallback``."""
+        """These options, with any unset or blank field taken from ``fallback``."""
         return RankOptions(
-            model=self.model or fallback.model,
-            base_url=self.base_url or fallback.base_url,
-            truncate=self.truncate or fallback.truncate,
-            api_key=self.api_key or fallback.api_key,
+            model=_given(self.model) or fallback.model,
+            base_url=_given(self.base_url) or fallback.base_url,
+            truncate=_given(self.truncate) or fallback.truncate,
+            api_key=_given(self.api_key) or fallback.api_key,
         )
 
 
@@ -87,12 +95,16 @@ class Ranker:
         self.upstream_in_flight = 0
         self._client = client
         self._server_key = settings.server_key()
+        self._secrets = tuple(
+            secret.get_secret_value()
+            for secret in (settings.api_key, settings.auth_token)
+            if secret is not None
+        )
         self._defaults = RankOptions(
             model=settings.model, base_url=settings.base_url, truncate=settings.truncate
         )
-        self._trusted_origins = frozenset(
-            origin(url) for url in (settings.base_url, *settings.allowed_base_urls)
-        )
+        self._trusted_base_urls = (settings.base_url, *settings.allowed_base_urls)
+        self.verified_keys = VerifiedKeys(ttl_s=settings.cache_ttl_s)
         self._retry = retry or RetryPolicy(
             settings.max_retries, settings.retry_base_delay_s, settings.retry_max_delay_s
         )
@@ -142,6 +154,7 @@ class Ranker:
         client = NimClient(
             connect_timeout_s=settings.upstream_connect_timeout_s,
             max_connections=settings.upstream_concurrency,
+            max_answer_bytes=settings.max_upstream_bytes,
             resolver=resolver,
             secrets=secrets,
         )
@@ -153,23 +166,24 @@ class Ranker:
     def resolve(self, options: RankOptions) -> Target:
         """Apply precedence (request, then server) and check what the request chose.
 
-        The server's key only ever goes to a trusted base URL (the configured one or an
-        allow-listed one); any other must come with the request's own key and passes the SSRF
-        checks.
+        The server's key only ever goes to the endpoint a trusted base URL (the configured one
+        or an allow-listed one) resolves to for the request's model, reached by a URL with no
+        query, fragment or user-info; any other base URL must come with the request's own key
+        and passes the SSRF checks.
         """
         chosen = _cleaned(options)
         request_key = chosen.api_key
+        if request_key is not None:
+            check_key_text(request_key)
         chosen = chosen.over(self._defaults)
         base_url = chosen.base_url or self.settings.base_url
-        if not base_url.startswith(("http://", "https://")):
-            raise invalid_argument(
-                f"base_url must start with http:// or https://, got {base_url!r}"
-            )
+        parse_base_url(base_url)
         truncate = chosen.truncate.upper() if chosen.truncate else None
         if truncate is not None and truncate not in TRUNCATE_VALUES:
             raise invalid_argument(f"truncate must be NONE or END, got {chosen.truncate!r}")
         model = normalise_model(chosen.model or self.settings.model)
-        trusted = origin(base_url) in self._trusted_origins
+        endpoint = resolve_endpoint(base_url, model)
+        trusted = self._is_trusted(base_url, endpoint, model)
         if not trusted:
             check_url_text(base_url)
         if request_key is None and self._server_key is None and is_hosted(base_url):
@@ -183,8 +197,16 @@ class Ranker:
                 "metadata x-nvidia-api-key)",
             )
         api_key = request_key if request_key is not None else self._server_key
-        return Target(
-            resolve_endpoint(base_url, model), model, truncate, api_key, guarded=not trusted
+        return Target(endpoint, model, truncate, api_key, guarded=not trusted)
+
+    def _is_trusted(self, base_url: str, endpoint: str, model: str) -> bool:
+        parts = parse_base_url(base_url)
+        if parts.query or parts.fragment or parts.username is not None or "@" in parts.netloc:
+            return False
+        identity = endpoint_identity(endpoint)
+        return any(
+            endpoint_identity(resolve_endpoint(trusted, model)) == identity
+            for trusted in self._trusted_base_urls
         )
 
     async def rank(
@@ -210,8 +232,9 @@ class Ranker:
         budget = self.settings.request_timeout_s
         if budget_s is not None:
             budget = min(budget, max(budget_s, 0.0))
-        async with self.admission.admit():
-            try:
+        secrets = request_secrets.set((target.api_key,))
+        try:
+            async with self.admission.admit():
                 return await asyncio.wait_for(
                     self._rank(
                         target,
@@ -223,24 +246,35 @@ class Ranker:
                     ),
                     budget,
                 )
-            except asyncio.TimeoutError:
-                raise RerankError(
-                    ErrorCode.DEADLINE_EXCEEDED,
-                    f"the request did not finish within its budget of {budget:.3g} s",
-                ) from None
+        except asyncio.TimeoutError:
+            raise RerankError(
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"the request did not finish within its budget of {budget:.3g} s",
+            ) from None
+        except RerankError as error:
+            # Whatever an upstream echoed, no secret this request knows leaves in it.
+            error.message = scrub(error.message, (*self._secrets, target.api_key))
+            raise
+        finally:
+            request_secrets.reset(secrets)
 
     def check_request(self, query: str, documents: Sequence[str]) -> None:
         if not query.strip():
             raise invalid_argument("query must not be empty")
-        limit = self.settings.max_documents
-        if len(documents) > limit:
-            raise invalid_argument(
-                f"documents: {len(documents)} given, at most {limit} allowed per request "
-                "(RERANKER_MAX_DOCUMENTS)"
-            )
+        check_count(
+            "documents", len(documents), self.settings.max_documents, "RERANKER_MAX_DOCUMENTS"
+        )
+        text_bytes = _utf8_length(query)
         _check_unicode("query", query)
         for index, document in enumerate(documents):
             _check_unicode(f"documents[{index}]", document)
+            text_bytes += _utf8_length(document)
+        limit = self.settings.max_text_bytes
+        if text_bytes > limit:
+            raise invalid_argument(
+                f"query and documents: {text_bytes} bytes of text, at most {limit} allowed "
+                "per request (RERANKER_MAX_TEXT_BYTES)"
+            )
 
     async def _rank(
         self,
@@ -255,11 +289,17 @@ class Ranker:
         splits them into calls of at most ``max_passages_per_call`` sent concurrently."""
         if not documents:
             return Ranking([], target.model, top_n=top_n)
-        prefix = scope_digest(target.endpoint, target.model, target.truncate) + digest(query)
+        scope = self.settings.cache_scope
+        owner = self.verified_keys.digest(target.api_key) if scope == "key" else b""
+        prefix = scope_digest(target.endpoint, target.model, target.truncate, owner)
+        prefix += digest(query)
         keys = [prefix + digest(document) for document in documents]
-        found: list[float | None] = (
-            self.cache.get_many(keys) if self.cache.enabled else [None] * len(keys)
-        )
+        found: list[float | None] = [None] * len(keys)
+        if self.cache.enabled:
+            if scope != "verified" or target.api_key in self.verified_keys:
+                found = self.cache.get_many(keys)
+            else:
+                self.cache.pass_over(len(keys))
         missing = [index for index, score in enumerate(found) if score is None]
         usage = Usage()
         if missing:
@@ -315,14 +355,42 @@ class Ranker:
             )
         except RerankError as error:
             metrics.upstream_calls.labels(str(error.upstream_status or error.code.value)).inc()
+            if error.upstream_status in (401, 403):
+                self.verified_keys.rejected(target.api_key)
             raise
         finally:
             self.upstream_in_flight -= 1
             metrics.upstream_seconds.observe(time.perf_counter() - started)
+        self.verified_keys.accepted(target.api_key)
         metrics.upstream_calls.labels("200").inc()
         metrics.tokens.labels("prompt").inc(answer.usage.prompt_tokens)
         metrics.tokens.labels("total").inc(answer.usage.total_tokens)
         return answer
+
+
+def check_count(field: str, count: int, limit: int, variable: str) -> None:
+    """Counts are checked before any per-item work, so no count costs more than its limit."""
+    if count > limit:
+        raise invalid_argument(
+            f"{field}: {count} given, at most {limit} allowed per request ({variable})"
+        )
+
+
+def check_key_text(key: str) -> None:
+    """A key goes into an HTTP header: printable ASCII with no spaces, or it is no key."""
+    if not (key.isascii() and key.isprintable()) or " " in key:
+        raise invalid_argument(
+            "api key: must be printable ASCII without spaces (X-Nvidia-Api-Key, "
+            "Authorization: Bearer, or gRPC metadata x-nvidia-api-key)"
+        )
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _given(value: str | None) -> str | None:
+    return value if value is not None and value.strip() else None
 
 
 def _check_unicode(field: str, text: str) -> None:

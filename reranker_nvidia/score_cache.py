@@ -1,8 +1,8 @@
 """Pair-level score cache: (where, model, truncate, query, passage) -> logit.
 
 A logit depends only on the model, the truncation and the two texts, so it can be reused
-across requests and callers. The key never holds an API key: callers share scores (the
-README says so). Keys are 16-byte BLAKE2b digests, so the cache holds no text.
+across requests and callers; who may read it is the core's decision (``RERANKER_CACHE_SCOPE``).
+Keys are 16-byte BLAKE2b digests, so the cache holds no text and no API key.
 Bounded by entries and by bytes (least recently used goes first) and by age (TTL).
 """
 
@@ -21,8 +21,9 @@ def digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-def scope_digest(endpoint: str, model: str, truncate: str | None) -> bytes:
-    return digest(f"{endpoint}\x00{model}\x00{truncate or ''}")
+def scope_digest(endpoint: str, model: str, truncate: str | None, owner: bytes = b"") -> bytes:
+    """What a score depends on besides its texts; ``owner`` scopes it to one key's callers."""
+    return digest(f"{endpoint}\x00{model}\x00{truncate or ''}\x00{owner.hex()}")
 
 
 class ScoreCache:
@@ -71,6 +72,10 @@ class ScoreCache:
         self.hits += hits
         self.misses += len(keys) - hits
         return found
+
+    def pass_over(self, count: int) -> None:
+        """``count`` lookups the caller may not read: misses, as far as the caller sees."""
+        self.misses += count
 
     def put_many(self, keys: Sequence[bytes], logits: Sequence[float]) -> None:
         if not self._capacity:

@@ -12,10 +12,11 @@ from grpc import aio as grpc_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from reranker_nvidia.asgi_server import AsgiServer
+from reranker_nvidia.asgi_server import AsgiServer, ConnectionLimits, default_max_connections
 from reranker_nvidia.grpc_auth import TokenInterceptor
 from reranker_nvidia.grpc_service import RerankerService, add_to_server
 from reranker_nvidia.http_app import create_http_app
+from reranker_nvidia.http_guard import RequestsInFlight
 from reranker_nvidia.meta import describe
 from reranker_nvidia.ranker import Ranker
 from reranker_nvidia.settings import Settings
@@ -23,6 +24,8 @@ from reranker_nvidia.v1 import reranker_service_pb2 as pb
 
 log = logging.getLogger("reranker_nvidia.server")
 
+GRPC_HEADROOM = 64
+GRPC_MAX_PENDING_CALLS = 10_000
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RerankerService"].full_name
 
 
@@ -33,13 +36,19 @@ class SidecarServer:
         self.settings = settings
         self.ranker = ranker if ranker is not None else Ranker.from_settings(settings)
         self._ready = False
+        self._http_requests = RequestsInFlight()
         self._http = AsgiServer(
-            create_http_app(self.ranker, lambda: self._ready),
+            create_http_app(self.ranker, lambda: self._ready, self._http_requests),
             settings.host,
             settings.http_port,
             log_level=settings.log_level,
             tls_cert=settings.tls_cert,
             tls_key=settings.tls_key,
+            limits=ConnectionLimits(
+                header_timeout_s=settings.header_timeout_s,
+                keep_alive_timeout_s=settings.keep_alive_timeout_s,
+                max_connections=settings.max_connections or default_max_connections(),
+            ),
         )
         self._grpc: grpc_aio.Server | None = None
         # grpc_health-stubs predate the public `health.aio` module.
@@ -59,7 +68,16 @@ class SidecarServer:
         token = self.settings.auth_token
         self._grpc = grpc_server = grpc_aio.server(
             interceptors=[TokenInterceptor(token.get_secret_value())] if token else None,
-            options=[("grpc.max_receive_message_length", self.settings.max_body_bytes)],
+            # Past this, gRPC itself answers RESOURCE_EXHAUSTED at once; the headroom above
+            # RERANKER_MAX_IN_FLIGHT lets admission answer first and health checks through.
+            maximum_concurrent_rpcs=self.settings.max_in_flight + GRPC_HEADROOM,
+            options=[
+                ("grpc.max_receive_message_length", self.settings.max_body_bytes),
+                # gRPC cancels calls queued beyond its pending-call limit before they reach
+                # the service; raised so that a burst is answered by admission instead.
+                ("grpc.server.max_pending_requests", GRPC_MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * GRPC_MAX_PENDING_CALLS),
+            ],
         )
         add_to_server(RerankerService(self.ranker, describe(self.settings)), grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, grpc_server)
@@ -101,7 +119,8 @@ class SidecarServer:
                 self.ranker.admission.in_flight,
                 grace,
             )
-        # Whatever the drain did not finish gets a moment to write its answer, no more.
+        # Whatever the drain did not finish is answered 503 and gets a moment to write it.
+        self._http_requests.stop_all()
         if self._grpc is not None:
             await asyncio.gather(self._grpc.stop(1.0), self._http.stop(1.0))
         await self.ranker.aclose()

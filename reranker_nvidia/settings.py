@@ -42,7 +42,14 @@ class Settings(BaseSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     max_passages_per_call: int = Field(default=NIM_MAX_PASSAGES, ge=1)
     max_documents: int = Field(default=10_000, ge=1)
+    max_properties: int = Field(default=16, ge=1)
+    max_text_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_upstream_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    max_connections: int | None = Field(default=None, ge=8)
     upstream_concurrency: int = Field(default=16, ge=1)
     upstream_timeout_s: float = Field(default=30.0, gt=0)
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -57,11 +64,12 @@ class Settings(BaseSettings):
     cache_size: int = Field(default=100_000, ge=0)
     cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     cache_ttl_s: float = Field(default=3600.0, gt=0)
+    cache_scope: Literal["verified", "key", "shared"] = "verified"
     coalesce_window_ms: float = Field(default=3.0, ge=0)
     log_format: Literal["text", "json"] = "text"
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     @field_validator("api_key", "auth_token", mode="before")
     @classmethod
@@ -69,6 +77,16 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("cache_scope", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("truncate", mode="before")
     @classmethod

@@ -7,14 +7,16 @@ whose message says what went wrong upstream; the API key is never part of any me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
-import re
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 import orjson
 
@@ -24,12 +26,20 @@ from reranker_nvidia.errors import (
     ErrorCode,
     RerankError,
     code_for_upstream_status,
+    invalid_argument,
 )
-from reranker_nvidia.ssrf import BlockedAddressError, GuardedTransport, Resolver, system_resolver
+from reranker_nvidia.redaction import redact_url, scrub
+from reranker_nvidia.ssrf import (
+    BlockedAddressError,
+    GuardedTransport,
+    Resolver,
+    public_addresses,
+    system_resolver,
+)
 
 _MAX_DETAIL_CHARS = 300
-# Any NVIDIA API key an upstream echoes, known to this process or not.
-_NVIDIA_KEY = re.compile(r"nvapi-[A-Za-z0-9_\-]+")
+# Answers larger than this are parsed on a worker thread, so the event loop keeps serving.
+_PARSE_OFF_LOOP_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,12 +73,15 @@ class NimClient:
         *,
         connect_timeout_s: float,
         max_connections: int,
+        max_answer_bytes: int,
         resolver: Resolver = system_resolver,
         secrets: Sequence[str] = (),
     ) -> None:
         """``secrets`` (the server's key, the caller token) are cut out of any upstream text
-        that reaches an error message, as is the key each call sends."""
+        that reaches an error message, as is the key each call sends. An answer over
+        ``max_answer_bytes`` (decoded) is refused as it streams in."""
         self._connect_timeout_s = connect_timeout_s
+        self._max_answer_bytes = max_answer_bytes
         self._secrets = tuple(secret for secret in secrets if secret)
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
@@ -87,10 +100,20 @@ class NimClient:
         self._guarded = httpx.AsyncClient(
             **common, transport=GuardedTransport(limits=limits, resolver=resolver)
         )
+        self._resolver = resolver
+        # Through an HTTPS proxy the proxy connects, so the guard checks what the host
+        # resolves to before each call instead (a proxy that resolves differently is the
+        # operator's to trust).
+        proxy = urllib.request.getproxies().get("https")
+        self._guarded_via_proxy = (
+            httpx.AsyncClient(**common, proxy=proxy, trust_env=False) if proxy else None
+        )
 
     async def aclose(self) -> None:
         await self._trusted.aclose()
         await self._guarded.aclose()
+        if self._guarded_via_proxy is not None:
+            await self._guarded_via_proxy.aclose()
 
     async def rank(
         self,
@@ -116,12 +139,14 @@ class NimClient:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         where = redact_url(endpoint)
-        client = self._guarded if guarded else self._trusted
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._connect_timeout_s))
         try:
-            response = await asyncio.wait_for(
-                client.post(endpoint, content=orjson.dumps(body), headers=headers, timeout=timeout),
-                timeout_s,
+            client = await self._guarded_client(endpoint) if guarded else self._trusted
+            request = client.build_request(
+                "POST", endpoint, content=orjson.dumps(body), headers=headers, timeout=timeout
+            )
+            response, content = await asyncio.wait_for(
+                self._exchange(client, request, where), timeout_s
             )
         except (httpx.TimeoutException, asyncio.TimeoutError):
             raise RerankError(
@@ -131,31 +156,89 @@ class NimClient:
             ) from None
         except BlockedAddressError as exc:
             raise RerankError(ErrorCode.PERMISSION_DENIED, f"base URL refused: {exc}") from None
+        except (httpx.InvalidURL, UnicodeError):
+            # The core checks both before any call; this keeps a miss a 400, never a 500.
+            raise invalid_argument("base_url or api key: cannot be put in a request") from None
         except httpx.HTTPError as exc:
             raise RerankError(
                 ErrorCode.UNAVAILABLE,
                 f"could not reach NIM at {where}: {type(exc).__name__}",
                 retryable=True,
             ) from None
+        payload = await _parse_json(content)
         if response.status_code != 200:
-            raise _error_from_response(response, where, (*self._secrets, api_key or ""))
-        return _parse_ranking(response, len(passages), where)
+            raise _error_from_response(response, payload, where, (*self._secrets, api_key))
+        return _parse_ranking(payload, len(passages), where)
+
+    async def _guarded_client(self, endpoint: str) -> httpx.AsyncClient:
+        host = urlsplit(endpoint).hostname or ""
+        if self._guarded_via_proxy is None or urllib.request.proxy_bypass(host):
+            return self._guarded
+        # A name this process cannot resolve is the proxy's to resolve, or to fail on.
+        with contextlib.suppress(httpcore.ConnectError):
+            await public_addresses(self._resolver, host, 443)
+        return self._guarded_via_proxy
+
+    async def _exchange(
+        self, client: httpx.AsyncClient, request: httpx.Request, where: str
+    ) -> tuple[httpx.Response, bytes]:
+        """The response and its body, read as it streams in and refused past the limit."""
+        limit = self._max_answer_bytes
+        response = await client.send(request, stream=True)
+        try:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise _too_large(where, limit)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(where, limit)
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        return response, b"".join(chunks)
 
 
-def redact_url(url: str) -> str:
-    """The URL without user-info, query or fragment, which may carry credentials."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+def _too_large(where: str, limit: int) -> RerankError:
+    return RerankError(
+        ErrorCode.UNAVAILABLE,
+        f"NIM at {where} sent an answer over {limit} bytes (RERANKER_MAX_UPSTREAM_BYTES)",
+    )
+
+
+class _NotJson:
+    """An answer body that did not parse as JSON, kept as text for error messages."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _loads(content: bytes) -> object:
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        # orjson refuses NaN and Infinity; the standard parser reads them, so the answer is
+        # refused for what it is (a non-finite logit), not as "not JSON".
+        try:
+            return json.loads(content)
+        except ValueError:
+            return _NotJson(content.decode("utf-8", "replace").strip())
+
+
+async def _parse_json(content: bytes) -> object:
+    if len(content) > _PARSE_OFF_LOOP_BYTES:
+        return await asyncio.to_thread(_loads, content)
+    return _loads(content)
 
 
 def _error_from_response(
-    response: httpx.Response, where: str, secrets: Sequence[str]
+    response: httpx.Response, payload: object, where: str, secrets: Sequence[str | None]
 ) -> RerankError:
     status = response.status_code
-    detail = _scrub(_detail_of(response), secrets)
+    # Scrubbed before it is cut short, so that no part of a secret survives the cut.
+    detail = _clip(scrub(_detail_of(payload, response.reason_phrase), secrets))
     return RerankError(
         code_for_upstream_status(status),
         f"NIM at {where} answered {status}: {detail}",
@@ -166,26 +249,22 @@ def _error_from_response(
     )
 
 
-def _detail_of(response: httpx.Response) -> str:
+def _detail_of(payload: object, reason: str) -> str:
     """NIM's own message: ``{"detail": "..."}``, ``{"detail": [{"msg": ...}]}``, or the text."""
-    try:
-        payload = response.json()
-    except ValueError:
-        text = response.text.strip()
-        return _clip(text) if text else response.reason_phrase or "no body"
+    if isinstance(payload, _NotJson):
+        return payload.text or reason or "no body"
     if isinstance(payload, dict):
         detail = payload.get("detail", payload.get("error", payload.get("message")))
         if isinstance(detail, str):
-            return _clip(detail)
+            return detail
         if isinstance(detail, list):
-            messages = [
+            return "; ".join(
                 str(item.get("msg", item)) if isinstance(item, dict) else str(item)
-                for item in detail
-            ]
-            return _clip("; ".join(messages))
+                for item in detail[:20]
+            )
         if isinstance(detail, dict):
-            return _clip(str(detail.get("msg", detail.get("message", detail))))
-    return _clip(json.dumps(payload))
+            return str(detail.get("msg", detail.get("message", detail)))
+    return json.dumps(payload)[: _MAX_DETAIL_CHARS * 4]
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -199,21 +278,17 @@ def _retry_after(response: httpx.Response) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
-def _parse_ranking(response: httpx.Response, count: int, where: str) -> UpstreamRanking:
+def _parse_ranking(payload: object, count: int, where: str) -> UpstreamRanking:
+    """The logits of a 200 answer. Messages name what is wrong and the type of what was
+    found, never its content: an upstream may echo anything, the request's key included."""
+
     def broken(reason: str) -> RerankError:
         return RerankError(
             ErrorCode.UNAVAILABLE, f"NIM at {where} sent an invalid ranking: {reason}"
         )
 
-    try:
-        payload = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        # orjson refuses NaN and Infinity; the standard parser reads them, so the answer is
-        # refused below for what it is (a non-finite logit), not as "not JSON".
-        try:
-            payload = json.loads(response.content)
-        except ValueError:
-            raise broken("the body is not JSON") from None
+    if isinstance(payload, _NotJson):
+        raise broken("the body is not JSON")
     rankings = payload.get("rankings") if isinstance(payload, dict) else None
     if not isinstance(rankings, list):
         raise broken("no 'rankings' list")
@@ -225,7 +300,7 @@ def _parse_ranking(response: httpx.Response, count: int, where: str) -> Upstream
             raise broken("a ranking is not an object")
         index, logit = entry.get("index"), entry.get("logit")
         if not isinstance(index, int) or isinstance(index, bool):
-            raise broken(f"index {index!r} is not an integer")
+            raise broken(f"an index is a {type(index).__name__}, not an integer")
         if not 0 <= index < count:
             raise broken(f"index {index} is out of range for {count} passages")
         if logits[index] is not None:
@@ -235,7 +310,8 @@ def _parse_ranking(response: httpx.Response, count: int, where: str) -> Upstream
         if not math.isfinite(logit):
             raise broken(f"logit for index {index} is not finite")
         logits[index] = float(logit)
-    return UpstreamRanking([logit for logit in logits if logit is not None], _usage_of(payload))
+    usage = _usage_of(payload) if isinstance(payload, dict) else Usage()
+    return UpstreamRanking([logit for logit in logits if logit is not None], usage)
 
 
 def _usage_of(payload: dict[str, Any]) -> Usage:
@@ -252,10 +328,3 @@ def _usage_of(payload: dict[str, Any]) -> Usage:
 
 def _clip(text: str) -> str:
     return text if len(text) <= _MAX_DETAIL_CHARS else text[:_MAX_DETAIL_CHARS] + "..."
-
-
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _NVIDIA_KEY.sub("nvapi-***", text)

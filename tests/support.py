@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -149,11 +149,12 @@ def clean_environment() -> dict[str, str]:
 
 @contextlib.contextmanager
 def running(
-    args: list[str], env: dict[str, str], ready: str
+    args: list[str], env: dict[str, str], ready: str, transcript: list[str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], re.Match[str]]]:
     """``reranker-nvidia ARGS`` as a process, once it printed a line matching ``ready``.
 
-    The process is killed on the way out if it is still running.
+    Every line it prints goes to ``transcript`` when one is given. The process is killed on
+    the way out if it is still running.
     """
     process = subprocess.Popen(
         [SCRIPT, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -162,7 +163,7 @@ def running(
     reader: threading.Thread | None = None
     try:
         deadline = time.monotonic() + 30
-        seen: list[str] = []
+        seen: list[str] = transcript if transcript is not None else []
         match = None
         while match is None and time.monotonic() < deadline:
             line = process.stdout.readline()
@@ -183,3 +184,12 @@ def running(
         if reader is not None:
             reader.join(5)
         process.stdout.close()
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Returns once ``condition()`` holds, checking every 10 ms; fails after ``timeout_s``."""
+    for _ in range(max(1, int(timeout_s / 0.01))):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within {timeout_s} s")

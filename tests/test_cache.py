@@ -52,13 +52,16 @@ def test_only_the_misses_of_a_request_go_upstream(
     assert [call.passages for call in emulator.state.calls] == [3, 2]
 
 
-def test_scores_are_shared_across_callers_keys(
+def test_scores_are_shared_across_keys_nim_has_accepted(
     make_sidecar: SidecarFactory, emulator: Emulator
 ) -> None:
     sidecar = make_sidecar(cache_size=1000)
     rerank(sidecar.http_url, ["a way"])
+    # A key NIM has not accepted yet is not served from the cache: NIM checks it first.
     rerank(sidecar.http_url, ["a way"], **{"X-Nvidia-Api-Key": REQUEST_KEY})
-    assert len(emulator.state.calls) == 1
+    rerank(sidecar.http_url, ["a way"], **{"X-Nvidia-Api-Key": REQUEST_KEY})
+    rerank(sidecar.http_url, ["a way"])
+    assert len(emulator.state.calls) == 2
 
 
 def test_the_cache_is_scoped_by_model_and_query(
@@ -121,7 +124,9 @@ def test_entries_expire_after_the_ttl() -> None:
 
 
 async def test_no_usable_key_is_refused_before_the_cache_is_read() -> None:
-    settings = Settings(api_key=None, base_url="https://ai.api.nvidia.com", cache_size=100)
+    settings = Settings(
+        api_key=None, base_url="https://ai.api.nvidia.com", cache_size=100, cache_scope="shared"
+    )
     ranker = Ranker.from_settings(settings)
     try:
         target = ranker.resolve(RankOptions(api_key=REQUEST_KEY))

@@ -84,18 +84,18 @@ async def test_different_queries_or_keys_never_share_a_call(
 async def test_a_failing_call_fails_exactly_the_callers_that_shared_it(
     make_sidecar: SidecarFactory, emulator: Emulator
 ) -> None:
+    # Full Weaviate chunks of 32 wait for their siblings, so chunks sent together share a call
+    # however their bodies trickle in.
     sidecar = make_sidecar(coalesce_window_ms=WINDOW_MS)
     emulator.state.faults.append(Fault(500, {"detail": "boom"}, for_query="doomed"))
     bodies: list[dict[str, object]] = [
-        {"query": "doomed", "documents": ["a"]},
-        {"query": "fine", "documents": ["b"]},
-        {"query": "doomed", "documents": ["c"]},
-        {"query": "fine", "documents": ["d"]},
+        {"query": query, "documents": [f"{query} {part} {i}" for i in range(32)]}
+        for query, part in [("doomed", "a"), ("fine", "b"), ("doomed", "c"), ("fine", "d")]
     ]
     responses = await post_all(sidecar, bodies)
     assert [response.status_code for response in responses] == [502, 200, 502, 200]
     assert all("boom" in responses[i].json()["error"] for i in (0, 2))
-    assert sorted(call.passages for call in emulator.state.calls) == [2, 2]
+    assert sorted(call.passages for call in emulator.state.calls) == [64, 64]
 
 
 async def test_a_lone_request_does_not_wait_for_the_window(
@@ -114,12 +114,11 @@ async def test_a_caller_that_leaves_does_not_cancel_a_shared_call(
     sidecar = make_sidecar(coalesce_window_ms=WINDOW_MS)
     emulator.state.delay_s = 1.0
     bodies: list[dict[str, object]] = [
-        {"query": QUERY, "documents": ["a"]},
-        {"query": QUERY, "documents": ["b"]},
+        {"query": QUERY, "documents": [f"{part} {i}" for i in range(32)]} for part in "ab"
     ]
     responses = await post_all(sidecar, bodies, [{"X-Request-Timeout": "0.5"}, {}])
     assert [response.status_code for response in responses] == [504, 200]
-    assert [call.passages for call in emulator.state.calls] == [2]
+    assert [call.passages for call in emulator.state.calls] == [64]
 
 
 async def test_weaviate_chunks_arriving_one_by_one_still_share_a_call(

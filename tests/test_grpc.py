@@ -229,7 +229,7 @@ def test_no_key_is_unauthenticated(make_sidecar: SidecarFactory, emulator: Emula
         (pb.RankRequest(query="q", documents=["a"], top_n=0), "top_n must be at least 1"),
         (
             pb.RankRequest(query="q", documents=["a"], options=pb.RankOptions(base_url="nim:8000")),
-            "base_url must start with http",
+            "base_url: must start with http",
         ),
     ],
 )

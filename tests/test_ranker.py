@@ -257,7 +257,7 @@ async def test_slow_upstream_is_deadline_exceeded(
         ("  ", ["a"], RankOptions(), "query must not be empty"),
         ("q", ["a"] * 11, RankOptions(), "documents: 11 given, at most 10 allowed"),
         ("q", ["a"], RankOptions(truncate="START"), "truncate must be NONE or END"),
-        ("q", ["a"], RankOptions(base_url="ftp://nim"), "base_url must start with http"),
+        ("q", ["a"], RankOptions(base_url="ftp://nim"), "base_url: must start with http"),
     ],
 )
 async def test_bad_input_is_invalid_argument_before_any_upstream_call(

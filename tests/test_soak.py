@@ -15,7 +15,7 @@ def test_a_short_soak_reports_requests_errors_and_rss() -> None:
         [sys.executable, str(SOAK), "--duration", "2", "--rate", "20"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = result.stdout
@@ -25,3 +25,7 @@ def test_a_short_soak_reports_requests_errors_and_rss() -> None:
     assert 30 <= requests <= 50
     assert "unexpected errors   0" in report
     assert "sidecar RSS MiB     start" in report
+    assert "closed by the sidecar     324/324" in report
+    assert "liveness probes answered  10/10" in report
+    assert "statuses                  {502: 32}" in report
+    assert re.search(r"bound \d+ MiB: held", report), report
