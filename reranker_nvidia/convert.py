@@ -80,7 +80,12 @@ def hit_from_proto(message: pb.Hit, properties: Sequence[str] | None = None) -> 
         converted = struct_to_dict(message.properties)
     else:
         fields = message.properties.fields
-        converted = {name: _value(fields[name]) for name in properties if name in fields}
+        # Whichever is shorter is walked: a hit's fields, or the names asked for.
+        if len(fields) < len(properties):
+            wanted = set(properties)
+            converted = {name: _value(value) for name, value in fields.items() if name in wanted}
+        else:
+            converted = {name: _value(fields[name]) for name in properties if name in fields}
     return Hit(
         id=message.id,
         properties=converted,

@@ -22,7 +22,7 @@ from reranker_nvidia.convert import (
     usage_to_proto,
 )
 from reranker_nvidia.errors import RerankError
-from reranker_nvidia.hits import collection_options, rerank_hits, rerank_properties
+from reranker_nvidia.hits import RerankedHits, collection_options, rerank_hits, rerank_properties
 from reranker_nvidia.logs import new_request_id, request_id
 from reranker_nvidia.meta import Meta
 from reranker_nvidia.metrics import Metrics
@@ -35,6 +35,8 @@ log = logging.getLogger("reranker_nvidia.grpc")
 
 T = TypeVar("T")
 REQUEST_ID_METADATA = "x-request-id"
+# From this many hits on, converting them to and from protobuf runs on a worker thread.
+OFF_LOOP_HITS = 256
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -138,9 +140,13 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
                 max_hits=settings.max_documents,
                 max_properties=settings.max_properties,
             )
+            hits = await _off_loop_when_large(
+                len(request.hits),
+                lambda: [hit_from_proto(hit, properties) for hit in request.hits],
+            )
             result = await rerank_hits(
                 self._ranker,
-                [hit_from_proto(hit, properties) for hit in request.hits],
+                hits,
                 properties=properties,
                 query=request.query,
                 options=options_from_proto(request.options, metadata),
@@ -148,17 +154,27 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
                 top_n=_top_n(request),
                 budget_s=budget_s,
             )
-        reranked = []
-        for entry in result.hits:
-            message = pb.RerankedHit(
-                hit=request.hits[entry.position], original_position=entry.position
-            )
-            if entry.rerank_score is not None:
-                message.rerank_score = entry.rerank_score
-            reranked.append(message)
-        return pb.RerankResponse(
-            hits=reranked, model=result.model, usage=usage_to_proto(result.usage)
+        return await _off_loop_when_large(
+            len(result.hits), lambda: _rerank_response(request, result)
         )
+
+
+def _rerank_response(request: pb.RerankRequest, result: RerankedHits) -> pb.RerankResponse:
+    reranked = []
+    for entry in result.hits:
+        message = pb.RerankedHit(hit=request.hits[entry.position], original_position=entry.position)
+        if entry.rerank_score is not None:
+            message.rerank_score = entry.rerank_score
+        reranked.append(message)
+    return pb.RerankResponse(hits=reranked, model=result.model, usage=usage_to_proto(result.usage))
+
+
+async def _off_loop_when_large(count: int, work: Callable[[], T]) -> T:
+    """``work()``, on a worker thread when it handles ``OFF_LOOP_HITS`` hits or more, so that
+    converting a large message never holds the event loop for long."""
+    if count < OFF_LOOP_HITS:
+        return work()
+    return await asyncio.to_thread(work)
 
 
 @dataclass(frozen=True)

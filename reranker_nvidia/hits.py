@@ -54,9 +54,12 @@ def hit_text(hit: Hit, properties: Sequence[str]) -> str:
 
     Properties that are missing, not text, or blank contribute nothing.
     """
+    values = hit.properties
+    if not values:
+        return ""
     parts: list[str] = []
     for name in properties:
-        value = hit.properties.get(name)
+        value = values.get(name)
         if isinstance(value, str):
             parts.append(value)
         elif isinstance(value, (list, tuple)):
