@@ -1,51 +1,71 @@
 # Every target installs what it needs first, so `make run` and `make test` work on a fresh clone.
+# `make run` and `make emulate` need the runtime dependencies only; the rest need the dev extras.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
-PROTO_FILES := proto/reranker_nvidia/v1/reranker_service.proto
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
+PIP := $(BIN)/python -m pip --disable-pip-version-check --progress-bar on
 
-.PHONY: install run test lint format proto emulate demo soak bench clean
+# make run HTTP_PORT=9080 GRPC_PORT=59051; make emulate PORT=8001
+HTTP_PORT ?=
+GRPC_PORT ?=
+PORT ?= 8000
+SERVE_FLAGS := $(if $(HTTP_PORT),--http-port $(HTTP_PORT)) $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT))
 
-install: $(INSTALLED)
+.PHONY: install install-dev run test test-quick lint format proto emulate demo soak bench clean
 
-$(INSTALLED): pyproject.toml
+install: $(RUNTIME)
+install-dev: $(DEV)
+
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+$(RUNTIME): pyproject.toml | $(VENV)/bin/python
+	@echo "Installing reranker-nvidia and its runtime dependencies into $(VENV) ..."
+	$(PIP) install -e .
 	touch $@
 
-run: $(INSTALLED)
-	$(BIN)/reranker-nvidia serve
+$(DEV): pyproject.toml $(RUNTIME)
+	@echo "Installing the development extras (test clients, linters) into $(VENV) ..."
+	$(PIP) install -e '.[dev]'
+	touch $@
 
-emulate: $(INSTALLED)
-	$(BIN)/reranker-nvidia emulate-nim
+run: $(RUNTIME)
+	$(BIN)/reranker-nvidia serve $(SERVE_FLAGS)
 
-demo: $(INSTALLED)
+emulate: $(RUNTIME)
+	$(BIN)/reranker-nvidia emulate-nim --port $(PORT)
+
+demo: $(RUNTIME)
 	$(BIN)/python -m reranker_nvidia.demo
 
-bench: $(INSTALLED)
+bench: $(DEV)
 	$(BIN)/python bench/bench.py
 
 SOAK_SECONDS ?= 60
 SOAK_RATE ?= 50
-soak: $(INSTALLED)
+soak: $(DEV)
 	$(BIN)/python bench/soak.py --duration $(SOAK_SECONDS) --rate $(SOAK_RATE)
 
-test: $(INSTALLED)
+test: $(DEV)
 	$(BIN)/python -m pytest
 
-lint: $(INSTALLED)
+# The suite without the long end-to-end runs (benchmark, soak, packaging, load).
+test-quick: $(DEV)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-format: $(INSTALLED)
+format: $(DEV)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-proto: $(INSTALLED)
+proto: $(DEV)
 	$(BIN)/python proto/generate.py .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -283,7 +283,7 @@ async def measure(setup: Setup, runs: int, quick: bool) -> dict[str, Any]:
             ]
             results["latency"][f"{surface} {count}"] = median_of(rows)
     for concurrency in (1, 16, 64):
-        rows = [await throughput(setup, concurrency, 2 if quick else 4) for _ in range(runs)]
+        rows = [await throughput(setup, concurrency, 1 if quick else 4) for _ in range(runs)]
         results["throughput"][str(concurrency)] = median_of(rows)
     results["fan_out"] = median_of([await fan_out(setup) for _ in range(runs)])
     results["cache"] = median_of([await cache(setup, 50 if quick else 200) for _ in range(runs)])

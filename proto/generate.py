@@ -1,4 +1,5 @@
-"""Generate the Python gRPC stubs (and their type stubs) from proto/ into an output root.
+"""Generate the Python gRPC stubs (and their type stubs) from proto/ into an output root,
+with a copy of each .proto beside them.
 
 ``make proto`` runs it into the repository root; the test suite runs it into a temporary
 directory and compares, so committed stubs can never drift from the .proto files.
@@ -6,6 +7,7 @@ directory and compares, so committed stubs can never drift from the .proto files
 
 from __future__ import annotations
 
+import shutil
 import sys
 from importlib import resources
 from pathlib import Path
@@ -42,7 +44,11 @@ def generate(out_root: Path) -> list[Path]:
         raise SystemExit("protoc failed")
     written = []
     for proto in PROTO_FILES:
-        stem = proto.relative_to(PROTO_ROOT).with_suffix("")
+        relative = proto.relative_to(PROTO_ROOT)
+        # The .proto itself ships in the package too, for users of other languages.
+        shutil.copyfile(proto, out_root / relative)
+        written.append(out_root / relative)
+        stem = relative.with_suffix("")
         for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"):
             written.append(out_root / f"{stem}{suffix}")
     return written

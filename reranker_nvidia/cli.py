@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,10 @@ from pydantic import ValidationError
 from reranker_nvidia import __version__, logs
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.nim_schema import TRUNCATE_VALUES
-from reranker_nvidia.settings import Settings
+from reranker_nvidia.settings import KEY_VARIABLES, Settings
+from reranker_nvidia.startup import StartupError
+
+PROTO_FILE = "reranker_service.proto"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,12 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
 
     serve = commands.add_parser(
         "serve",
         help="run the sidecar (gRPC and HTTP in one process)",
         description=(
-            "Run the sidecar. Settings come from RERANKER_* and NVIDIA_APIKEY; flags win."
+            "Run the sidecar. Settings come from RERANKER_* and NVIDIA_APIKEY (see the README's "
+            "Configuration); these flags win over them."
         ),
     )
     serve.add_argument("--host", help="address to listen on (RERANKER_HOST, default 0.0.0.0)")
@@ -41,35 +46,59 @@ def _parser() -> argparse.ArgumentParser:
         "--grpc-port", type=int, help="gRPC port (RERANKER_GRPC_PORT, default 50051)"
     )
 
-    rank = commands.add_parser("rank", help="rank documents through a running sidecar (gRPC)")
-    rank.add_argument("--target", default="localhost:50051", help="sidecar gRPC HOST:PORT")
-    rank.add_argument("--query", required=True)
-    rank.add_argument("--model", help="NIM model (default: the sidecar's)")
-    rank.add_argument("--base-url", help="NIM base URL (default: the sidecar's)")
-    rank.add_argument("--truncate", choices=TRUNCATE_VALUES)
-    rank.add_argument("--top-n", type=int)
-    rank.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    rank = commands.add_parser(
+        "rank",
+        help="rank documents through a running sidecar (gRPC)",
+        description="Rank documents for a query through a running sidecar, best first.",
+        formatter_class=defaults,
+    )
+    rank.add_argument("--target", default="localhost:50051", help="the sidecar's gRPC HOST:PORT")
+    rank.add_argument("--query", required=True, help="what the documents are ranked against")
+    rank.add_argument("--model", help="NIM model (default: the sidecar's RERANKER_MODEL)")
+    rank.add_argument("--base-url", help="NIM base URL (default: the sidecar's RERANKER_BASE_URL)")
+    rank.add_argument(
+        "--truncate", choices=TRUNCATE_VALUES, help="what NIM does with over-long passages"
+    )
+    rank.add_argument("--top-n", type=int, help="print only the best N (default: all)")
+    rank.add_argument(
+        "--api-key",
+        default=os.environ.get("NVIDIA_APIKEY"),
+        help="NIM key for this call, instead of the sidecar's (default: $NVIDIA_APIKEY, if set)",
+    )
+    rank.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
     rank.add_argument("--tls", action="store_true", help="connect over TLS")
     rank.add_argument("--tls-ca", type=Path, help="PEM file of the CA to trust (implies --tls)")
     rank.add_argument(
         "--token",
         default=os.environ.get("RERANKER_AUTH_TOKEN"),
-        help="the sidecar's caller token (default: $RERANKER_AUTH_TOKEN)",
+        help="the sidecar's caller token (default: $RERANKER_AUTH_TOKEN, if set)",
     )
-    rank.add_argument("documents", nargs="+", metavar="DOC")
+    rank.add_argument("documents", nargs="+", metavar="DOC", help="the documents to rank")
 
     commands.add_parser(
         "healthcheck",
         help="exit 0 if the local sidecar is ready (GET /.well-known/ready), else 1",
+        description="Probe the local sidecar's readiness on RERANKER_HTTP_PORT.",
     )
 
     emulate = commands.add_parser(
-        "emulate-nim", help="run the NIM ranking API emulator (lexical scoring, for tests)"
+        "emulate-nim",
+        help="run the NIM ranking API emulator (lexical scoring, for tests and offline use)",
+        description="Run a NIM ranking API emulator: NIM's shapes and checks, lexical scores.",
+        formatter_class=defaults,
     )
-    emulate.add_argument("--host", default="127.0.0.1")
-    emulate.add_argument("--port", type=int, default=8000)
+    emulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    emulate.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
     emulate.add_argument("--api-key", help="require this Bearer key (default: none required)")
-    emulate.add_argument("--delay-ms", type=float, default=0.0, help="added latency per call")
+    emulate.add_argument(
+        "--delay-ms", type=float, default=0.0, help="latency added to every call, in ms"
+    )
+    proto = commands.add_parser(
+        "proto",
+        help="print the path of the gRPC API's .proto file (or its content with --print)",
+        description="Where the .proto of reranker_nvidia.v1.RerankerService is installed.",
+    )
+    proto.add_argument("--print", action="store_true", help="print the file's content instead")
     return parser
 
 
@@ -81,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _rank(args)
     if args.command == "healthcheck":
         return _healthcheck()
+    if args.command == "proto":
+        return _proto(args)
     return _emulate(args)
 
 
@@ -102,8 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
     except ValidationError as error:
         for problem in error.errors():
-            field = ".".join(str(part) for part in problem["loc"])
-            print(f"reranker-nvidia: invalid setting {field}: {problem['msg']}", file=sys.stderr)
+            print(f"reranker-nvidia: {_settings_problem(problem, overrides)}", file=sys.stderr)
         return 2
     secrets = [
         secret.get_secret_value()
@@ -111,8 +141,28 @@ def _serve(args: argparse.Namespace) -> int:
         if secret is not None
     ]
     logs.configure(settings.log_level, settings.log_format, secrets)
-    _run(SidecarServer(settings).serve_until_signalled())
+    try:
+        _run(SidecarServer(settings).serve_until_signalled())
+    except StartupError as error:
+        print(f"reranker-nvidia: {error}", file=sys.stderr)
+        return 2
     return 0
+
+
+_SECRET_FIELDS = frozenset({"api_key", "auth_token"})
+
+
+def _settings_problem(problem: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+    """One line naming the variable (and flag) to change, and what it accepts."""
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    if not problem["loc"]:
+        return f"invalid settings: {message}"
+    field = str(problem["loc"][0])
+    variable = KEY_VARIABLES[0] if field == "api_key" else f"RERANKER_{field.upper()}"
+    if field in overrides:
+        variable = f"--{field.replace('_', '-')} / {variable}"
+    given = "" if field in _SECRET_FIELDS else f" (got {problem.get('input')!r})"
+    return f"invalid setting {variable}: {message}{given}"
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -171,6 +221,7 @@ def _rank(args: argparse.Namespace) -> int:
                 base_url=args.base_url,
                 truncate=args.truncate,
                 top_n=args.top_n,
+                api_key=args.api_key,
             )
     except RerankError as error:
         print(f"reranker-nvidia: {error.code.value}: {error.message}", file=sys.stderr)
@@ -193,12 +244,30 @@ def _emulate(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await server.start()
+        try:
+            await server.start()
+        except OSError as error:
+            raise StartupError(
+                f"cannot listen on {args.host}:{args.port}: {error.strerror or error} "
+                "(--host, --port)"
+            ) from None
         logging.getLogger("reranker_nvidia.emulator").info(
             "NIM emulator on http://%s:%d/v1/ranking", args.host, server.port
         )
         await stop.wait()
         await server.stop()
 
-    _run(run())
+    try:
+        _run(run())
+    except StartupError as error:
+        print(f"reranker-nvidia: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _proto(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    path = files("reranker_nvidia") / "v1" / PROTO_FILE
+    print(path.read_text() if args.print else path, end="" if args.print else "\n")
     return 0

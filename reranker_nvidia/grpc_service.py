@@ -31,6 +31,7 @@ from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("reranker_nvidia.grpc")
+access_log = logging.getLogger("reranker_nvidia.access")
 
 
 T = TypeVar("T")
@@ -51,12 +52,17 @@ def _top_n(message: pb.RankRequest | pb.RerankRequest) -> int | None:
 
 
 async def _answer(
-    context: Context, metadata: dict[str, str], work: Awaitable[T], metrics: Metrics
+    method: str,
+    context: Context,
+    metadata: dict[str, str],
+    work: Awaitable[T],
+    metrics: Metrics,
 ) -> T:
     """``work``'s result, or the call aborted with the status its failure maps to.
 
     The call gets a request id (the caller's ``x-request-id`` if it is a plain token), sent
-    back as initial metadata and carried by every log line of the call.
+    back as initial metadata and carried by every log line of the call; its outcome is
+    counted and written to the access log, as an HTTP request's is.
     """
     rid = new_request_id(metadata.get(REQUEST_ID_METADATA))
     token = request_id.set(rid)
@@ -76,7 +82,21 @@ async def _answer(
         log.exception("unhandled error in a gRPC call")
         await context.abort(status, "internal error")
     finally:
-        metrics.observe_request("grpc", status.name, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        metrics.observe_request("grpc", status.name, seconds)
+        access_log.info(
+            "gRPC %s %s %.1f ms",
+            method,
+            status.name,
+            seconds * 1000,
+            extra={
+                "method": "gRPC",
+                "path": method,
+                "status": status.name,
+                "duration_ms": round(seconds * 1000, 3),
+                "surface": "grpc",
+            },
+        )
         request_id.reset(token)
     raise AssertionError("context.abort returned")
 
@@ -90,6 +110,7 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
         metadata = _metadata(context)
         with self._ranker.arriving():
             return await _answer(
+                "Rank",
                 context,
                 metadata,
                 self._rank(request, metadata, context.time_remaining()),
@@ -100,6 +121,7 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
         metadata = _metadata(context)
         with self._ranker.arriving():
             return await _answer(
+                "Rerank",
                 context,
                 metadata,
                 self._rerank(request, metadata, context.time_remaining()),

@@ -10,6 +10,7 @@ from fastapi.responses import PlainTextResponse
 
 from reranker_nvidia import __version__, http_cohere, http_nim, http_weaviate
 from reranker_nvidia.errors import RerankError
+from reranker_nvidia.http_docs import add_offline_docs
 from reranker_nvidia.http_guard import HttpGuard, RequestsInFlight
 from reranker_nvidia.logs import request_id
 from reranker_nvidia.meta import describe, served_models
@@ -75,7 +76,10 @@ def create_http_app(
         title="reranker-nvidia",
         version=__version__,
         description="Rerank vector, keyword and hybrid search hits with NVIDIA NIM.",
+        docs_url=None,
+        redoc_url=None,
     )
+    add_offline_docs(app)
     # The Weaviate and Cohere contracts come from rerankers that cut over-long passages;
     # NIM's own routes keep NIM's semantics (the request's truncate, else the server's).
     truncate = settings.truncate or "END"

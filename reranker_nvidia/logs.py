@@ -40,14 +40,24 @@ class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = request_id.get()
+        # Values from outside (paths, headers, upstream text) arrive as arguments; the format
+        # string is the program's own, so a block it lays out over several lines stays one.
+        if isinstance(record.args, tuple):
+            record.args = tuple(_escaped(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: _escaped(value) for key, value in record.args.items()}
         message = record.getMessage()
-        record.msg = escape_controls(scrub(message, (*self._secrets, *request_secrets.get())))
+        record.msg = scrub(message, (*self._secrets, *request_secrets.get()))
         record.args = None
         for name in ("path", "method"):
             value = getattr(record, name, None)
             if isinstance(value, str):
                 setattr(record, name, escape_controls(value))
         return True
+
+
+def _escaped(value: object) -> object:
+    return escape_controls(value) if isinstance(value, str) else value
 
 
 class JsonFormatter(logging.Formatter):

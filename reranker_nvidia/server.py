@@ -20,6 +20,7 @@ from reranker_nvidia.http_guard import RequestsInFlight
 from reranker_nvidia.meta import describe
 from reranker_nvidia.ranker import Ranker
 from reranker_nvidia.settings import Settings
+from reranker_nvidia.startup import StartupError, missing_key_warning, summary
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 
 log = logging.getLogger("reranker_nvidia.server")
@@ -64,8 +65,21 @@ class SidecarServer:
         return self._http.listener
 
     async def start(self) -> None:
+        settings = self.settings
+        address = _host_port(settings.host, settings.grpc_port)
+        for port, kind, flag in (
+            (settings.grpc_port, "gRPC", "--grpc-port / RERANKER_GRPC_PORT"),
+            (settings.http_port, "HTTP", "--http-port / RERANKER_HTTP_PORT"),
+        ):
+            try:
+                _check_port_free(settings.host, port)
+            except OSError as error:
+                raise StartupError(
+                    f"cannot listen for {kind} on {_host_port(settings.host, port)}: "
+                    f"{_reason(error)} ({flag}, --host / RERANKER_HOST)"
+                ) from None
         # A grpc.aio server belongs to the loop it is created in: create it in the serving loop.
-        token = self.settings.auth_token
+        token = settings.auth_token
         self._grpc = grpc_server = grpc_aio.server(
             interceptors=[TokenInterceptor(token.get_secret_value())] if token else None,
             # Past this, gRPC itself answers RESOURCE_EXHAUSTED at once; the headroom above
@@ -77,6 +91,8 @@ class SidecarServer:
                 # the service; raised so that a burst is answered by admission instead.
                 ("grpc.server.max_pending_requests", GRPC_MAX_PENDING_CALLS),
                 ("grpc.server.max_pending_requests_hard_limit", 2 * GRPC_MAX_PENDING_CALLS),
+                # A second sidecar on a taken port must fail, not share it and split calls.
+                ("grpc.so_reuseport", 0),
             ],
         )
         add_to_server(RerankerService(self.ranker, describe(self.settings)), grpc_server)
@@ -84,42 +100,63 @@ class SidecarServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
         )
-        address = _grpc_address(self.settings.host, self.settings.grpc_port)
-        if self.settings.tls_cert is not None and self.settings.tls_key is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(self.settings.tls_key.read_bytes(), self.settings.tls_cert.read_bytes())]
-            )
-            self.grpc_port = grpc_server.add_secure_port(address, credentials)
-        else:
-            self.grpc_port = grpc_server.add_insecure_port(address)
+        try:
+            if settings.tls_cert is not None and settings.tls_key is not None:
+                credentials = grpc.ssl_server_credentials(
+                    [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+                )
+                self.grpc_port = grpc_server.add_secure_port(address, credentials)
+            else:
+                self.grpc_port = grpc_server.add_insecure_port(address)
+        except RuntimeError:
+            await grpc_server.stop(None)
+            raise StartupError(
+                f"cannot listen for gRPC on {address}: the port is taken or the address is "
+                "not this machine's (--grpc-port / RERANKER_GRPC_PORT, --host / RERANKER_HOST)"
+            ) from None
         await grpc_server.start()
-        await self._http.start()
+        try:
+            await self._http.start()
+        except OSError as error:
+            await grpc_server.stop(None)
+            raise StartupError(
+                f"cannot listen for HTTP on {settings.host}:{settings.http_port}: "
+                f"{_reason(error)} (--http-port / RERANKER_HTTP_PORT, --host / RERANKER_HOST)"
+            ) from None
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._ready = True
-        log.info(
-            "serving HTTP on %s:%d and gRPC on %s:%d",
-            self.settings.host,
-            self.http_port,
-            self.settings.host,
-            self.grpc_port,
-        )
+        log.info(summary(settings, self.http_port, self.grpc_port))
+        warning = missing_key_warning(settings)
+        if warning is not None:
+            log.warning(warning)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain, then stop: readiness turns 503 and health NOT_SERVING, new requests are
         refused with 503 / UNAVAILABLE, and requests in flight get up to ``grace_s``
         (default ``RERANKER_SHUTDOWN_GRACE_S``) to finish."""
+        await self.drain(grace_s)
+        await self.close()
+
+    async def drain(self, grace_s: float | None = None) -> bool:
+        """Stop taking requests and wait up to ``grace_s`` for those in flight; True once
+        none is left."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         self._ready = False
         self.ranker.admission.begin_draining()
         await self._health.enter_graceful_shutdown()
-        if not await self.ranker.admission.wait_idle(grace):
-            log.warning(
-                "%d requests still in flight after %g s; stopping anyway",
-                self.ranker.admission.in_flight,
-                grace,
-            )
-        # Whatever the drain did not finish is answered 503 and gets a moment to write it.
+        if await self.ranker.admission.wait_idle(grace):
+            return True
+        log.warning(
+            "%d requests still in flight after %g s; stopping anyway",
+            self.ranker.admission.in_flight,
+            grace,
+        )
+        return False
+
+    async def close(self) -> None:
+        """Stop both servers and let go of NIM connections. Requests still running are
+        answered 503 and get a moment to write it."""
         self._http_requests.stop_all()
         if self._grpc is not None:
             await asyncio.gather(self._grpc.stop(1.0), self._http.stop(1.0))
@@ -130,12 +167,34 @@ class SidecarServer:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await self.start()
+        try:
+            await self.start()
+        except StartupError:
+            await self.ranker.aclose()
+            raise
         await stop.wait()
         log.info("draining: no new requests; waiting for those in flight")
         await self.stop()
         log.info("stopped")
 
 
-def _grpc_address(host: str, port: int) -> str:
+def _check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let go, so that a taken port or an address that is not
+    this machine's is reported in one line rather than by gRPC's own log."""
+    if port == 0:
+        socket.getaddrinfo(host, None)
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+
+
+def _reason(error: OSError) -> str:
+    if isinstance(error, socket.gaierror):
+        return f"{error.strerror or error} (not an address of this machine)"
+    return str(error.strerror or error)
+
+
+def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -12,6 +12,8 @@ from reranker_nvidia.nim_schema import NIM_MAX_PASSAGES, NimTruncate
 
 DEFAULT_MODEL = "nvidia/rerank-qa-mistral-4b"
 HOSTED_BASE_URL = "https://ai.api.nvidia.com"
+# Where the server's key is read from, first found wins.
+KEY_VARIABLES = ("NVIDIA_APIKEY", "NVIDIA_API_KEY", "NVIDIA_NIM_API_KEY")
 
 
 class Settings(BaseSettings):
@@ -31,7 +33,7 @@ class Settings(BaseSettings):
 
     api_key: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("NVIDIA_APIKEY", "NVIDIA_API_KEY", "NVIDIA_NIM_API_KEY"),
+        validation_alias=AliasChoices(*KEY_VARIABLES),
     )
     base_url: str = HOSTED_BASE_URL
     model: str = DEFAULT_MODEL

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import logging
 import math
+import socket
+import ssl
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +40,8 @@ from reranker_nvidia.ssrf import (
     public_addresses,
     system_resolver,
 )
+
+log = logging.getLogger("reranker_nvidia.upstream")
 
 _MAX_DETAIL_CHARS = 300
 # Answers larger than this are parsed on a worker thread, so the event loop keeps serving.
@@ -94,11 +100,15 @@ class NimClient:
             },
             # A redirect would carry the key to wherever it points.
             "follow_redirects": False,
+            "verify": shared_ssl_context(),
         }
         # HTTP/2 where NIM offers it (negotiated over TLS); HTTP/1.1 keep-alive otherwise.
         self._trusted = httpx.AsyncClient(**common, http2=True)
         self._guarded = httpx.AsyncClient(
-            **common, transport=GuardedTransport(limits=limits, resolver=resolver)
+            **common,
+            transport=GuardedTransport(
+                limits=limits, ssl_context=shared_ssl_context(), resolver=resolver
+            ),
         )
         self._resolver = resolver
         # Through an HTTPS proxy the proxy connects, so the guard checks what the host
@@ -148,6 +158,10 @@ class NimClient:
             response, content = await asyncio.wait_for(
                 self._exchange(client, request, where), timeout_s
             )
+        except httpx.ConnectTimeout:
+            message = f"could not reach NIM at {where}: connecting timed out"
+            log.warning("%s", message)
+            raise RerankError(ErrorCode.DEADLINE_EXCEEDED, message, retryable=True) from None
         except (httpx.TimeoutException, asyncio.TimeoutError):
             raise RerankError(
                 ErrorCode.DEADLINE_EXCEEDED,
@@ -160,11 +174,9 @@ class NimClient:
             # The core checks both before any call; this keeps a miss a 400, never a 500.
             raise invalid_argument("base_url or api key: cannot be put in a request") from None
         except httpx.HTTPError as exc:
-            raise RerankError(
-                ErrorCode.UNAVAILABLE,
-                f"could not reach NIM at {where}: {type(exc).__name__}",
-                retryable=True,
-            ) from None
+            message = f"could not reach NIM at {where}: {connection_failure(exc)}"
+            log.warning("%s", message)
+            raise RerankError(ErrorCode.UNAVAILABLE, message, retryable=True) from None
         payload = await _parse_json(content)
         if response.status_code != 200:
             raise _error_from_response(response, payload, where, (*self._secrets, api_key))
@@ -199,6 +211,35 @@ class NimClient:
         finally:
             await response.aclose()
         return response, b"".join(chunks)
+
+
+@functools.lru_cache(maxsize=1)
+def shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context (system CAs, or ``SSL_CERT_FILE``) for every NIM connection: loading
+    the CA bundle costs tens of milliseconds, so it is done once per process."""
+    return httpx.create_ssl_context()
+
+
+def connection_failure(error: BaseException) -> str:
+    """What went wrong on the way to NIM, in words: DNS, refused, TLS, reset, or closed."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return f"DNS lookup failed ({cause.strerror or cause})"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused (nothing listens there)"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS failed: the certificate was not accepted ({cause.verify_message})"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS failed ({cause.reason or cause})"
+        if isinstance(cause, ConnectionResetError):
+            return "the connection was reset"
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"connection failed ({cause.strerror})"
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(error, httpx.RemoteProtocolError):
+        return "the connection closed before an answer"
+    return f"connection failed ({type(error).__name__})"
 
 
 def _too_large(where: str, limit: int) -> RerankError:

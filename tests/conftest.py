@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import atexit
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,6 +24,21 @@ from tests.support import (
 SidecarFactory = Callable[..., Sidecar]
 
 
+def _trust_only_a_test_ca() -> None:
+    """Every httpx client loads the CA bundle it trusts (~40 ms each, and the suite makes
+    hundreds); no test reaches a public TLS server, so the tests, and the processes they start,
+    trust one CA of their own instead. TLS tests pass their own CA explicitly."""
+    import trustme
+
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as bundle:
+        bundle.write(trustme.CA().cert_pem.bytes())
+    atexit.register(os.unlink, bundle.name)
+    os.environ["SSL_CERT_FILE"] = bundle.name
+
+
+_trust_only_a_test_ca()
+
+
 @pytest.fixture(autouse=True)
 def _no_settings_from_the_developer_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("NVIDIA_APIKEY", "NVIDIA_API_KEY", "NVIDIA_NIM_API_KEY"):
@@ -34,6 +51,7 @@ def _no_settings_from_the_developer_environment(monkeypatch: pytest.MonkeyPatch)
 def background() -> Iterator[BackgroundLoop]:
     loop = BackgroundLoop()
     yield loop
+    loop.finish_closing()
     loop.close()
 
 
@@ -65,7 +83,12 @@ def make_sidecar(background: BackgroundLoop, emulator: Emulator) -> Iterator[Sid
 
     yield make
     for server in started:
-        background.run(server.stop(grace_s=1))
+        # Drained here, so nothing of this test reaches the emulator during the next one;
+        # closed in the background, where shutting the listeners down costs the suite nothing.
+        if background.run(server.drain(grace_s=1)):
+            background.close_later(server.close())
+        else:
+            background.run(server.close())
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ CLI) and async clients (in the test's loop) talk to them alike.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -38,9 +39,19 @@ class BackgroundLoop:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
+        self._closing: list[concurrent.futures.Future[None]] = []
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
+
+    def close_later(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` without waiting for it; ``finish_closing`` waits for them all."""
+        self._closing.append(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
+
+    def finish_closing(self, timeout_s: float = 60) -> None:
+        for closing in self._closing:
+            closing.result(timeout_s)
+        self._closing.clear()
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -600,4 +600,4 @@ def test_an_unknown_log_level_is_a_one_line_settings_error() -> None:
     result = subprocess.run([SCRIPT, *SERVE], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "log_level" in lines[0], result.stderr
+    assert len(lines) == 1 and "RERANKER_LOG_LEVEL" in lines[0], result.stderr

@@ -183,6 +183,7 @@ json_values = st.recursive(
         max_size=2,
     ),
 )
+@pytest.mark.slow
 def test_fuzzed_requests_never_get_a_5xx(
     sidecar: Sidecar,
     route: tuple[str, dict[str, Any], str],

@@ -66,7 +66,7 @@ def test_serve_refuses_bad_settings(clean_env: dict[str, str]) -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert "invalid setting truncate" in result.stderr
+    assert "invalid setting RERANKER_TRUNCATE: " in result.stderr
 
 
 def test_json_log_format_makes_every_line_json(clean_env: dict[str, str]) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
+import pytest
 
 from tests.support import Sidecar
 
@@ -40,3 +43,19 @@ def test_every_route_is_documented_with_examples(sidecar: Sidecar) -> None:
                 ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
                 assert ok, f"{method} {path} has no typed response"
     assert httpx.get(sidecar.http_url + "/docs").status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_render_from_the_sidecars_own_assets(sidecar: Sidecar, page: str) -> None:
+    html = httpx.get(sidecar.http_url + page)
+    assert html.status_code == 200
+    assert "text/html" in html.headers["content-type"]
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text)
+    assets += re.findall(r"""url:\s*['"]([^'"]+)['"]""", html.text)  # the OpenAPI document
+    assert any(asset.endswith(".js") for asset in assets), html.text
+    assert not re.search(r"https?://", html.text), "nothing may load from another host"
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        fetched = httpx.get(sidecar.http_url + asset)
+        assert fetched.status_code == 200, asset
+        assert len(fetched.content) > 100, asset

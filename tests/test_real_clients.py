@@ -6,13 +6,12 @@ import os
 
 import pytest
 
-# Keep both libraries off the network: LiteLLM's model cost map and LangChain's telemetry.
+# Keep the libraries off the network: LiteLLM's model cost map, LangChain's and Haystack's
+# telemetry. Each library is imported in the tests that drive it: importing them all costs
+# seconds, which a run of other tests should not pay.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ["NVIDIA_USAGE_TELEMETRY_ENABLED"] = "false"
-
-import litellm
-from langchain_core.documents import Document
-from langchain_nvidia_ai_endpoints import NVIDIARerank
+os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"
 
 from reranker_nvidia.emulator import lexical_logit, terms
 from tests.support import REQUEST_KEY, SERVER_KEY, Emulator, Sidecar
@@ -32,6 +31,9 @@ def best_first(texts: list[str]) -> list[int]:
 
 
 def test_langchain_nvidia_rerank_without_a_model(sidecar: Sidecar, emulator: Emulator) -> None:
+    from langchain_core.documents import Document
+    from langchain_nvidia_ai_endpoints import NVIDIARerank
+
     with pytest.warns(UserWarning, match="Default model is set as"):
         reranker = NVIDIARerank(base_url=f"{sidecar.http_url}/v1", top_n=3)
     assert reranker.model == "nvidia/rerank-qa-mistral-4b", "picked from GET /v1/models"
@@ -45,6 +47,9 @@ def test_langchain_nvidia_rerank_without_a_model(sidecar: Sidecar, emulator: Emu
 
 
 def test_langchain_key_and_more_than_its_batch(sidecar: Sidecar, emulator: Emulator) -> None:
+    from langchain_core.documents import Document
+    from langchain_nvidia_ai_endpoints import NVIDIARerank
+
     reranker = NVIDIARerank(
         base_url=f"{sidecar.http_url}/v1",
         model="nvidia/llama-3.2-nv-rerankqa-1b-v2",
@@ -64,6 +69,8 @@ def test_langchain_key_and_more_than_its_batch(sidecar: Sidecar, emulator: Emula
 
 
 def test_litellm_nvidia_nim_rerank(sidecar: Sidecar, emulator: Emulator) -> None:
+    import litellm
+
     response = litellm.rerank(
         model="nvidia_nim/nvidia/llama-3_2-nv-rerankqa-1b-v2",
         api_base=sidecar.http_url,
@@ -79,6 +86,8 @@ def test_litellm_nvidia_nim_rerank(sidecar: Sidecar, emulator: Emulator) -> None
 
 
 def test_litellm_cohere_rerank_against_v1_rerank(sidecar: Sidecar, emulator: Emulator) -> None:
+    import litellm
+
     response = litellm.rerank(
         model="cohere/nvidia/rerank-qa-mistral-4b",
         api_base=sidecar.http_url,
@@ -122,7 +131,6 @@ def test_llamaindex_with_its_own_key(sidecar: Sidecar, emulator: Emulator) -> No
 
 @pytest.mark.parametrize("api_key", [None, REQUEST_KEY])
 def test_haystack_nvidia_ranker(api_key: str | None, sidecar: Sidecar, emulator: Emulator) -> None:
-    os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"
     from haystack import Document as HaystackDocument
     from haystack.utils import Secret
     from haystack_integrations.components.rankers.nvidia import NvidiaRanker
@@ -141,6 +149,9 @@ def test_haystack_nvidia_ranker(api_key: str | None, sidecar: Sidecar, emulator:
 
 
 def test_langchain_without_a_key_uses_the_sidecars(sidecar: Sidecar, emulator: Emulator) -> None:
+    from langchain_core.documents import Document
+    from langchain_nvidia_ai_endpoints import NVIDIARerank
+
     reranker = NVIDIARerank(
         base_url=f"{sidecar.http_url}/v1", model="nvidia/llama-nemotron-rerank-1b-v2", top_n=2
     )

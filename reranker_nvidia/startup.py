@@ -1,0 +1,76 @@
+"""What the sidecar says when it starts, and how it fails to: one block that tells a newcomer
+what it will do, and one line (exit 2) for whatever stops it from starting."""
+
+from __future__ import annotations
+
+import os
+
+from reranker_nvidia import __version__
+from reranker_nvidia.endpoints import is_hosted, normalise_model, resolve_endpoint
+from reranker_nvidia.redaction import redact_url
+from reranker_nvidia.settings import KEY_VARIABLES, Settings
+
+OFFLINE_HINT = (
+    "to try it with no key and no network: `make emulate` in one terminal, then "
+    "`RERANKER_BASE_URL=http://127.0.0.1:8000 make run` in another"
+)
+
+
+class StartupError(Exception):
+    """The sidecar cannot start; the message says why and which setting to change."""
+
+
+def key_source(settings: Settings) -> str | None:
+    """The environment variable the server's key came from, or None without a key."""
+    if settings.api_key is None:
+        return None
+    key = settings.api_key.get_secret_value()
+    for name in KEY_VARIABLES:
+        if os.environ.get(name, "").strip() == key:
+            return name
+    return "settings"
+
+
+def summary(settings: Settings, http_port: int, grpc_port: int) -> str:
+    """The start-up block: where it listens and what it will do, never the key."""
+    model = normalise_model(settings.model)
+    source = key_source(settings)
+    if settings.truncate is None:
+        truncation = (
+            "END on the Weaviate and Cohere routes; the request's, else NIM's default (NONE), "
+            "on the NIM routes and gRPC"
+        )
+    else:
+        truncation = f"{settings.truncate} everywhere (RERANKER_TRUNCATE)"
+    if settings.cache_size and settings.cache_max_bytes:
+        cache = (
+            f"up to {settings.cache_size} scores / {settings.cache_max_bytes // 2**20} MiB "
+            f"for {settings.cache_ttl_s:g} s, scope {settings.cache_scope}"
+        )
+    else:
+        cache = "off"
+    window = settings.coalesce_window_ms
+    lines = [
+        f"reranker-nvidia {__version__} serving HTTP on {settings.host}:{http_port} "
+        f"and gRPC on {settings.host}:{grpc_port}",
+        f"  NIM endpoint  {redact_url(resolve_endpoint(settings.base_url, model))}",
+        f"  model         {model}",
+        f"  truncation    {truncation}",
+        f"  key           {f'from {source}' if source else 'none: requests must bring their own'}",
+        f"  cache         {cache}",
+        f"  coalescing    {f'window {window:g} ms' if window else 'off'}",
+        f"  caller token  {'on (X-Reranker-Token)' if settings.auth_token else 'off'}",
+        f"  TLS           {'on' if settings.tls_cert else 'off'}",
+    ]
+    return "\n".join(lines)
+
+
+def missing_key_warning(settings: Settings) -> str | None:
+    """What to say when no request can succeed without a key of its own."""
+    if settings.api_key is not None or not is_hosted(settings.base_url):
+        return None
+    return (
+        "no NIM key: NVIDIA_APIKEY is not set, so every request to hosted NIM must bring its "
+        "own (X-Nvidia-Api-Key or Authorization: Bearer; gRPC metadata x-nvidia-api-key); "
+        + OFFLINE_HINT
+    )
