@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
-PIP := $(BIN)/python -m pip --disable-pip-version-check --progress-bar on
+PIP_INSTALL := $(BIN)/python -m pip --disable-pip-version-check install --progress-bar on
 
 # make run HTTP_PORT=9080 GRPC_PORT=59051; make emulate PORT=8001
 HTTP_PORT ?=
@@ -23,12 +23,12 @@ $(VENV)/bin/python:
 
 $(RUNTIME): pyproject.toml | $(VENV)/bin/python
 	@echo "Installing reranker-nvidia and its runtime dependencies into $(VENV) ..."
-	$(PIP) install -e .
+	$(PIP_INSTALL) -e .
 	touch $@
 
 $(DEV): pyproject.toml $(RUNTIME)
 	@echo "Installing the development extras (test clients, linters) into $(VENV) ..."
-	$(PIP) install -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]'
 	touch $@
 
 run: $(RUNTIME)
