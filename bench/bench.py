@@ -45,7 +45,7 @@ from processes import (
 )
 
 from reranker_nvidia.client import AsyncRerankerClient
-from reranker_nvidia.ranker import Ranker
+from reranker_nvidia.core.ranker import Ranker
 from reranker_nvidia.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results.json"

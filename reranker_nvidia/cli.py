@@ -14,11 +14,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from reranker_nvidia import __version__, logs
+from reranker_nvidia import __version__
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.nim_schema import TRUNCATE_VALUES
+from reranker_nvidia.server import logs
+from reranker_nvidia.server.startup import StartupError
 from reranker_nvidia.settings import KEY_VARIABLES, Settings
-from reranker_nvidia.startup import StartupError
 
 PROTO_FILE = "reranker_service.proto"
 
@@ -116,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from reranker_nvidia.asgi_server import raise_file_limit
-    from reranker_nvidia.server import SidecarServer
+    from reranker_nvidia.server.asgi import raise_file_limit
+    from reranker_nvidia.server.sidecar import SidecarServer
 
     raise_file_limit()
     overrides: dict[str, Any] = {
@@ -232,8 +233,8 @@ def _rank(args: argparse.Namespace) -> int:
 
 
 def _emulate(args: argparse.Namespace) -> int:
-    from reranker_nvidia.asgi_server import AsgiServer
     from reranker_nvidia.emulator import EmulatorState, create_emulator_app
+    from reranker_nvidia.server.asgi import AsgiServer
 
     logs.configure("INFO", "text")
     state = EmulatorState(api_key=args.api_key, delay_s=args.delay_ms / 1000)

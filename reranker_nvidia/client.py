@@ -15,8 +15,10 @@ from typing import Any
 
 import grpc
 
-from reranker_nvidia.caller_auth import TOKEN_METADATA
-from reranker_nvidia.convert import (
+from reranker_nvidia.core.caller_token import TOKEN_METADATA
+from reranker_nvidia.core.hits import Hit, RerankedHit, RerankedHits
+from reranker_nvidia.core.upstream import Usage
+from reranker_nvidia.messages import (
     API_KEY_METADATA,
     BASE_URL_METADATA,
     dict_to_struct,
@@ -25,9 +27,7 @@ from reranker_nvidia.convert import (
     options_to_proto,
     usage_from_proto,
 )
-from reranker_nvidia.hits import Hit, RerankedHit, RerankedHits
-from reranker_nvidia.meta import Meta
-from reranker_nvidia.upstream import Usage
+from reranker_nvidia.server.meta import Meta
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 import httpx
 
-from reranker_nvidia.asgi_server import AsgiServer
 from reranker_nvidia.client import AsyncRerankerClient
+from reranker_nvidia.core.hits import Hit, SearchType
 from reranker_nvidia.emulator import EmulatorState, create_emulator_app
-from reranker_nvidia.hits import Hit, SearchType
-from reranker_nvidia.server import SidecarServer
+from reranker_nvidia.server.asgi import AsgiServer
+from reranker_nvidia.server.sidecar import SidecarServer
 from reranker_nvidia.settings import Settings
 
 QUERY = "which trail leads to the summit lake"

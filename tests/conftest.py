@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from reranker_nvidia.ranker import Ranker
-from reranker_nvidia.server import SidecarServer
-from reranker_nvidia.ssrf import Resolver
+from reranker_nvidia.core.ranker import Ranker
+from reranker_nvidia.core.ssrf import Resolver
+from reranker_nvidia.server.sidecar import SidecarServer
 from tests.support import (
     BackgroundLoop,
     CaptureServer,

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from reranker_nvidia.asgi_server import AsgiServer
 from reranker_nvidia.emulator import EmulatorState, create_emulator_app
-from reranker_nvidia.server import SidecarServer
+from reranker_nvidia.server.asgi import AsgiServer
+from reranker_nvidia.server.sidecar import SidecarServer
 from reranker_nvidia.settings import Settings
 
 T = TypeVar("T")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from reranker_nvidia.core.ranker import Ranker, RankOptions
+from reranker_nvidia.core.score_cache import ENTRY_BYTES, ScoreCache, digest, scope_digest
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
 from reranker_nvidia.errors import ErrorCode, RerankError
-from reranker_nvidia.ranker import Ranker, RankOptions
-from reranker_nvidia.score_cache import ENTRY_BYTES, ScoreCache, digest, scope_digest
 from reranker_nvidia.settings import Settings
 from tests.conftest import SidecarFactory
 from tests.support import REQUEST_KEY, Emulator

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from reranker_nvidia.core.endpoints import KNOWN_MODELS
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
-from reranker_nvidia.endpoints import KNOWN_MODELS
 from tests.conftest import SidecarFactory
 from tests.support import REQUEST_KEY, SERVER_KEY, Emulator, Sidecar
 

@@ -12,7 +12,7 @@ import pytest
 
 from reranker_nvidia.client import RerankerClient
 from reranker_nvidia.emulator import Fault
-from reranker_nvidia.logs import JsonFormatter
+from reranker_nvidia.server.logs import JsonFormatter
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 from tests.conftest import SidecarFactory

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from reranker_nvidia.core.ranker import NO_KEY_MESSAGE, Ranker, RankOptions
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
 from reranker_nvidia.errors import ErrorCode, RerankError
-from reranker_nvidia.ranker import NO_KEY_MESSAGE, Ranker, RankOptions
 from tests.support import REQUEST_KEY, SERVER_KEY, Emulator, sidecar_settings
 
 QUERY = "how do reranking models order passages"

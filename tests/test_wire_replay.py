@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from reranker_nvidia.core.endpoints import KNOWN_MODELS
 from reranker_nvidia.emulator import lexical_logit, terms
-from reranker_nvidia.endpoints import KNOWN_MODELS
 from reranker_nvidia.settings import DEFAULT_MODEL
 from tests.support import SERVER_KEY, Emulator, Sidecar
 

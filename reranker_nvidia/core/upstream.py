@@ -25,6 +25,14 @@ import httpx
 import orjson
 
 from reranker_nvidia import __version__
+from reranker_nvidia.core.redaction import redact_url, scrub
+from reranker_nvidia.core.ssrf import (
+    BlockedAddressError,
+    GuardedTransport,
+    Resolver,
+    public_addresses,
+    system_resolver,
+)
 from reranker_nvidia.errors import (
     RETRYABLE_UPSTREAM_STATUSES,
     ErrorCode,
@@ -32,16 +40,8 @@ from reranker_nvidia.errors import (
     code_for_upstream_status,
     invalid_argument,
 )
-from reranker_nvidia.redaction import redact_url, scrub
-from reranker_nvidia.ssrf import (
-    BlockedAddressError,
-    GuardedTransport,
-    Resolver,
-    public_addresses,
-    system_resolver,
-)
 
-log = logging.getLogger("reranker_nvidia.upstream")
+log = logging.getLogger("reranker_nvidia.core.upstream")
 
 _MAX_DETAIL_CHARS = 300
 # Answers larger than this are parsed on a worker thread, so the event loop keeps serving.

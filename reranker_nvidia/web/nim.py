@@ -16,13 +16,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from reranker_nvidia.core.ranker import Ranker
 from reranker_nvidia.errors import ErrorCode, RerankError
-from reranker_nvidia.http_common import (
-    header_options,
-    request_budget,
-    retry_headers,
-    shaped_errors,
-)
 from reranker_nvidia.nim_schema import (
     NimRanking,
     NimRankingResponse,
@@ -30,7 +25,12 @@ from reranker_nvidia.nim_schema import (
     NimTruncate,
     NimUsage,
 )
-from reranker_nvidia.ranker import Ranker
+from reranker_nvidia.web.options import (
+    header_options,
+    request_budget,
+    retry_headers,
+    shaped_errors,
+)
 
 # Hosted NIM's path for its first reranking model carries no model segment.
 LEGACY_PATH_SEGMENT = "nvidia"

@@ -14,19 +14,24 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc import aio as grpc_aio
 
-from reranker_nvidia.convert import (
+from reranker_nvidia.core.hits import (
+    RerankedHits,
+    collection_options,
+    rerank_hits,
+    rerank_properties,
+)
+from reranker_nvidia.core.metrics import Metrics
+from reranker_nvidia.core.ranker import Ranker
+from reranker_nvidia.errors import RerankError
+from reranker_nvidia.messages import (
     hit_from_proto,
     options_from_proto,
     status_code_for,
     struct_to_dict,
     usage_to_proto,
 )
-from reranker_nvidia.errors import RerankError
-from reranker_nvidia.hits import RerankedHits, collection_options, rerank_hits, rerank_properties
-from reranker_nvidia.logs import new_request_id, request_id
-from reranker_nvidia.meta import Meta
-from reranker_nvidia.metrics import Metrics
-from reranker_nvidia.ranker import Ranker
+from reranker_nvidia.server.logs import new_request_id, request_id
+from reranker_nvidia.server.meta import Meta
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 

@@ -12,18 +12,18 @@ from grpc import aio as grpc_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from reranker_nvidia.asgi_server import AsgiServer, ConnectionLimits, default_max_connections
-from reranker_nvidia.grpc_auth import TokenInterceptor
-from reranker_nvidia.grpc_service import RerankerService, add_to_server
-from reranker_nvidia.http_app import create_http_app
-from reranker_nvidia.http_guard import RequestsInFlight
-from reranker_nvidia.meta import describe
-from reranker_nvidia.ranker import Ranker
+from reranker_nvidia.core.ranker import Ranker
+from reranker_nvidia.rpc.auth import TokenInterceptor
+from reranker_nvidia.rpc.service import RerankerService, add_to_server
+from reranker_nvidia.server.asgi import AsgiServer, ConnectionLimits, default_max_connections
+from reranker_nvidia.server.meta import describe
+from reranker_nvidia.server.startup import StartupError, missing_key_warning, summary
 from reranker_nvidia.settings import Settings
-from reranker_nvidia.startup import StartupError, missing_key_warning, summary
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
+from reranker_nvidia.web.app import create_http_app
+from reranker_nvidia.web.guard import RequestsInFlight
 
-log = logging.getLogger("reranker_nvidia.server")
+log = logging.getLogger("reranker_nvidia.server.sidecar")
 
 GRPC_HEADROOM = 64
 GRPC_MAX_PENDING_CALLS = 10_000

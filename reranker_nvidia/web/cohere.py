@@ -10,14 +10,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from reranker_nvidia.core.ranker import Ranker
 from reranker_nvidia.errors import RerankError
-from reranker_nvidia.http_common import (
+from reranker_nvidia.web.options import (
     header_options,
     request_budget,
     retry_headers,
     shaped_errors,
 )
-from reranker_nvidia.ranker import Ranker
 
 # Cohere bills one search unit per query with up to 100 documents.
 DOCUMENTS_PER_SEARCH_UNIT = 100

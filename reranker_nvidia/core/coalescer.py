@@ -24,10 +24,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from reranker_nvidia.upstream import UpstreamRanking, Usage
+from reranker_nvidia.core.upstream import UpstreamRanking, Usage
 
 if TYPE_CHECKING:
-    from reranker_nvidia.ranker import Target
+    from reranker_nvidia.core.ranker import Target
 
 Send = Callable[["Target", str, Sequence[str], float], Awaitable[UpstreamRanking]]
 # A batch waiting for announced siblings never waits longer than this many windows.

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 from reranker_nvidia import __version__
-from reranker_nvidia.endpoints import is_hosted, normalise_model, resolve_endpoint
-from reranker_nvidia.redaction import redact_url
+from reranker_nvidia.core.endpoints import is_hosted, normalise_model, resolve_endpoint
+from reranker_nvidia.core.redaction import redact_url
 from reranker_nvidia.settings import KEY_VARIABLES, Settings
 
 OFFLINE_HINT = (

@@ -8,14 +8,17 @@ from collections.abc import Callable
 from fastapi import FastAPI, Response
 from fastapi.responses import PlainTextResponse
 
-from reranker_nvidia import __version__, http_cohere, http_nim, http_weaviate
+from reranker_nvidia import __version__
+from reranker_nvidia.core.metrics import CONTENT_TYPE, Metrics
+from reranker_nvidia.core.ranker import Ranker
 from reranker_nvidia.errors import RerankError
-from reranker_nvidia.http_docs import add_offline_docs
-from reranker_nvidia.http_guard import HttpGuard, RequestsInFlight
-from reranker_nvidia.logs import request_id
-from reranker_nvidia.meta import describe, served_models
-from reranker_nvidia.metrics import CONTENT_TYPE, Metrics
-from reranker_nvidia.ranker import Ranker
+from reranker_nvidia.server.logs import request_id
+from reranker_nvidia.server.meta import describe, served_models
+from reranker_nvidia.web import cohere as http_cohere
+from reranker_nvidia.web import nim as http_nim
+from reranker_nvidia.web import weaviate as http_weaviate
+from reranker_nvidia.web.docs import add_offline_docs
+from reranker_nvidia.web.guard import HttpGuard, RequestsInFlight
 
 COHERE_PATHS = frozenset({"/v1/rerank", "/v2/rerank"})
 # Probes and scrapes come every few seconds: counted in the metrics, not logged.

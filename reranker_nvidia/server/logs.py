@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import Sequence
 
-from reranker_nvidia.redaction import escape_controls, scrub
+from reranker_nvidia.core.redaction import escape_controls, scrub
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 # The key the request being served sends upstream, so that no log line of it shows the key.

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reranker_nvidia.core.ranker import Ranker, RankOptions, check_count, check_top_n
+from reranker_nvidia.core.upstream import Usage
 from reranker_nvidia.errors import invalid_argument
-from reranker_nvidia.ranker import Ranker, RankOptions, check_count, check_top_n
-from reranker_nvidia.upstream import Usage
 
 MODULE_CONFIG_KEY = "reranker-nvidia"
 PROPERTY_SEPARATOR = "\n"

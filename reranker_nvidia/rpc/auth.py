@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc import aio as grpc_aio
 
-from reranker_nvidia.caller_auth import (
+from reranker_nvidia.core.caller_token import (
     MISSING_TOKEN_MESSAGE,
     OPEN_GRPC_SERVICE,
     TOKEN_METADATA,

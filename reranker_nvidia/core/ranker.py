@@ -13,26 +13,26 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import cast
 
-from reranker_nvidia.admission import Admission
-from reranker_nvidia.coalesce import Coalescer
-from reranker_nvidia.endpoints import (
+from reranker_nvidia.core.admission import Admission
+from reranker_nvidia.core.coalescer import Coalescer
+from reranker_nvidia.core.endpoints import (
     endpoint_identity,
     is_hosted,
     normalise_model,
     resolve_endpoint,
 )
+from reranker_nvidia.core.keys import usable_key
+from reranker_nvidia.core.metrics import Metrics
+from reranker_nvidia.core.redaction import redact_url, scrub
+from reranker_nvidia.core.retry import RetryPolicy
+from reranker_nvidia.core.score_cache import ScoreCache, digest, scope_digest
+from reranker_nvidia.core.ssrf import Resolver, check_url_text, parse_base_url, system_resolver
+from reranker_nvidia.core.upstream import NimClient, UpstreamRanking, Usage
+from reranker_nvidia.core.verified_keys import VerifiedKeys
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
-from reranker_nvidia.keys import usable_key
-from reranker_nvidia.logs import request_secrets
-from reranker_nvidia.metrics import Metrics
 from reranker_nvidia.nim_schema import TRUNCATE_VALUES
-from reranker_nvidia.redaction import redact_url, scrub
-from reranker_nvidia.retry import RetryPolicy
-from reranker_nvidia.score_cache import ScoreCache, digest, scope_digest
+from reranker_nvidia.server.logs import request_secrets
 from reranker_nvidia.settings import Settings
-from reranker_nvidia.ssrf import Resolver, check_url_text, parse_base_url, system_resolver
-from reranker_nvidia.upstream import NimClient, UpstreamRanking, Usage
-from reranker_nvidia.verified_keys import VerifiedKeys
 
 NO_KEY_MESSAGE = (
     "no api key found neither in request header: X-Nvidia-Api-Key "

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from reranker_nvidia import __version__
-from reranker_nvidia.endpoints import KNOWN_MODELS, normalise_model, resolve_endpoint
-from reranker_nvidia.redaction import redact_url
+from reranker_nvidia.core.endpoints import KNOWN_MODELS, normalise_model, resolve_endpoint
+from reranker_nvidia.core.redaction import redact_url
 from reranker_nvidia.settings import Settings
 
 NAME = "reranker-nvidia"

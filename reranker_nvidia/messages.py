@@ -12,11 +12,11 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
+from reranker_nvidia.core.hits import Hit, SearchType
+from reranker_nvidia.core.ranker import RankOptions
+from reranker_nvidia.core.upstream import Usage
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
-from reranker_nvidia.hits import Hit, SearchType
 from reranker_nvidia.nim_schema import TRUNCATE_VALUES
-from reranker_nvidia.ranker import RankOptions
-from reranker_nvidia.upstream import Usage
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 
 API_KEY_METADATA = "x-nvidia-api-key"

@@ -13,15 +13,15 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from reranker_nvidia.core.ranker import Ranker
 from reranker_nvidia.errors import RerankError, invalid_argument
-from reranker_nvidia.http_common import (
+from reranker_nvidia.server.meta import Meta
+from reranker_nvidia.web.options import (
     header_options,
     request_budget,
     retry_headers,
     shaped_errors,
 )
-from reranker_nvidia.meta import Meta
-from reranker_nvidia.ranker import Ranker
 
 # Weaviate splits a rerank into chunks of this many documents and sends them in parallel: a
 # full chunk is one of several, so its upstream call may wait a moment for its siblings.

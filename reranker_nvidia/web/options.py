@@ -17,9 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+from reranker_nvidia.core.keys import usable_key
+from reranker_nvidia.core.ranker import RankOptions
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
-from reranker_nvidia.keys import usable_key
-from reranker_nvidia.ranker import RankOptions
 
 log = logging.getLogger("reranker_nvidia.http")
 
