@@ -41,8 +41,8 @@ from processes import (
 )
 
 from reranker_nvidia.client import AsyncRerankerClient
-from reranker_nvidia.core.hits import Hit, SearchType
 from reranker_nvidia.errors import RerankError
+from reranker_nvidia.types import Hit, SearchType
 
 # The sidecar's resident memory must stay under this through the whole soak, attacks included.
 RSS_BOUND_MIB = 300

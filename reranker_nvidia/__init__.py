@@ -1,5 +1,40 @@
-"""reranker-nvidia: rerank vector, keyword and hybrid search hits with NVIDIA NIM."""
+"""reranker-nvidia: rerank vector, keyword and hybrid search hits with NVIDIA NIM.
+
+The public API is the gRPC client and the values it speaks in; importing it costs grpcio and
+protobuf only. The server (``reranker-nvidia serve``) is built from the subpackages: ``core``
+(ranking policy, NIM calls), ``web`` (the HTTP contracts), ``rpc`` (the gRPC service) and
+``server`` (the process that puts them together).
+"""
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from reranker_nvidia.client import AsyncRerankerClient, RerankerClient
+from reranker_nvidia.errors import ErrorCode, RerankError
+from reranker_nvidia.types import (
+    Hit,
+    Meta,
+    RankedDocuments,
+    RerankedHit,
+    RerankedHits,
+    ScoredDocument,
+    SearchType,
+    Truncate,
+    Usage,
+)
+
+__all__ = [
+    "AsyncRerankerClient",
+    "ErrorCode",
+    "Hit",
+    "Meta",
+    "RankedDocuments",
+    "RerankError",
+    "RerankedHit",
+    "RerankedHits",
+    "RerankerClient",
+    "ScoredDocument",
+    "SearchType",
+    "Truncate",
+    "Usage",
+    "__version__",
+]

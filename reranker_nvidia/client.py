@@ -10,45 +10,33 @@ Failures raise ``RerankError`` with the server's code and message.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from reranker_nvidia.core.caller_token import TOKEN_METADATA
-from reranker_nvidia.core.hits import Hit, RerankedHit, RerankedHits
-from reranker_nvidia.core.upstream import Usage
 from reranker_nvidia.messages import (
     API_KEY_METADATA,
     BASE_URL_METADATA,
+    TOKEN_METADATA,
     dict_to_struct,
     error_from_rpc,
     hit_to_proto,
     options_to_proto,
     usage_from_proto,
 )
-from reranker_nvidia.server.meta import Meta
+from reranker_nvidia.types import (
+    Hit,
+    Meta,
+    RankedDocuments,
+    RerankedHit,
+    RerankedHits,
+    ScoredDocument,
+)
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 
 # Rerank answers carry the hits back; allow answers as large as the server accepts requests.
 CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 64 * 1024 * 1024),)
-
-
-@dataclass(frozen=True)
-class ScoredDocument:
-    index: int
-    score: float
-    document: str
-
-
-@dataclass(frozen=True)
-class RankedDocuments:
-    """Documents best first (at most ``top_n``), with the model and NIM's token usage."""
-
-    documents: list[ScoredDocument]
-    model: str
-    usage: Usage
 
 
 def _credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCredentials | None:

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 import httpx
 
 from reranker_nvidia.client import AsyncRerankerClient
-from reranker_nvidia.core.hits import Hit, SearchType
 from reranker_nvidia.emulator import EmulatorState, create_emulator_app
 from reranker_nvidia.server.asgi import AsgiServer
 from reranker_nvidia.server.sidecar import SidecarServer
 from reranker_nvidia.settings import Settings
+from reranker_nvidia.types import Hit, SearchType
 
 QUERY = "which trail leads to the summit lake"
 

@@ -1,6 +1,7 @@
-"""Translation between the gRPC messages and the core's types, both directions.
+"""The gRPC wire vocabulary: metadata names, and translation between the messages and the
+public types, both directions.
 
-The gRPC service reads requests and writes responses with it; the Python client does the
+The Python client writes requests and reads responses with it; the gRPC service does the
 reverse, so both sides agree on every field by construction.
 """
 
@@ -12,22 +13,21 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from reranker_nvidia.core.hits import Hit, SearchType
-from reranker_nvidia.core.ranker import RankOptions
-from reranker_nvidia.core.upstream import Usage
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
-from reranker_nvidia.nim_schema import TRUNCATE_VALUES
+from reranker_nvidia.types import TRUNCATE_VALUES, Hit, SearchType, Usage
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 
 API_KEY_METADATA = "x-nvidia-api-key"
 BASE_URL_METADATA = "x-nvidia-baseurl"
+TOKEN_METADATA = "x-reranker-token"
+REQUEST_ID_METADATA = "x-request-id"
 
-_TRUNCATE_FROM_PROTO: dict[pb.Truncate.ValueType, str | None] = {
+TRUNCATE_FROM_PROTO: dict[pb.Truncate.ValueType, str | None] = {
     pb.TRUNCATE_UNSPECIFIED: None,
     pb.TRUNCATE_NONE: "NONE",
     pb.TRUNCATE_END: "END",
 }
-_TRUNCATE_TO_PROTO = {value: key for key, value in _TRUNCATE_FROM_PROTO.items()}
+_TRUNCATE_TO_PROTO = {value: key for key, value in TRUNCATE_FROM_PROTO.items()}
 
 _SEARCH_TYPE_FROM_PROTO = {
     pb.SEARCH_TYPE_UNSPECIFIED: SearchType.UNSPECIFIED,
@@ -36,21 +36,6 @@ _SEARCH_TYPE_FROM_PROTO = {
     pb.SEARCH_TYPE_HYBRID: SearchType.HYBRID,
 }
 _SEARCH_TYPE_TO_PROTO = {value: key for key, value in _SEARCH_TYPE_FROM_PROTO.items()}
-
-
-def options_from_proto(message: pb.RankOptions, metadata: Mapping[str, str]) -> RankOptions:
-    """Request options: the message's fields, and the key and base URL from metadata.
-
-    The base URL in metadata wins over the message's, as Weaviate's header does over config.
-    """
-    if message.truncate not in _TRUNCATE_FROM_PROTO:
-        raise invalid_argument(f"options.truncate: unknown Truncate value {message.truncate}")
-    return RankOptions(
-        model=message.model or None,
-        base_url=(metadata.get(BASE_URL_METADATA) or "").strip() or message.base_url or None,
-        truncate=_TRUNCATE_FROM_PROTO[message.truncate],
-        api_key=metadata.get(API_KEY_METADATA),
-    )
 
 
 def options_to_proto(model: str | None, truncate: str | None) -> pb.RankOptions:
@@ -124,10 +109,6 @@ def usage_to_proto(usage: Usage) -> pb.Usage:
 
 def usage_from_proto(message: pb.Usage) -> Usage:
     return Usage(message.prompt_tokens, message.total_tokens)
-
-
-def status_code_for(error: RerankError) -> grpc.StatusCode:
-    return grpc.StatusCode[error.code.value]
 
 
 def error_from_rpc(error: grpc.RpcError) -> RerankError:

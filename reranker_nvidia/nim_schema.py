@@ -3,14 +3,14 @@ NIM-compatible routes accept and answer."""
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 from pydantic import BaseModel, Field
+
+from reranker_nvidia.types import TRUNCATE_VALUES, Truncate
 
 # What NIM accepts: at most this many passages per call, and these truncation modes.
 NIM_MAX_PASSAGES = 512
-NimTruncate = Literal["NONE", "END"]
-TRUNCATE_VALUES: tuple[str, ...] = get_args(NimTruncate)
+NimTruncate = Truncate
+__all__ = ["NIM_MAX_PASSAGES", "TRUNCATE_VALUES", "NimTruncate"]
 
 
 class NimText(BaseModel):

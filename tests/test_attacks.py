@@ -19,11 +19,11 @@ import pytest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from reranker_nvidia.client import AsyncRerankerClient, RerankerClient
-from reranker_nvidia.core.hits import Hit
 from reranker_nvidia.core.ssrf import check_url_text, is_forbidden_address
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
 from reranker_nvidia.errors import ErrorCode, RerankError
 from reranker_nvidia.server.sidecar import SidecarServer
+from reranker_nvidia.types import Hit
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 from tests.conftest import SidecarFactory

@@ -8,9 +8,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from reranker_nvidia.client import AsyncRerankerClient, RerankerClient
-from reranker_nvidia.core.hits import Hit, SearchType
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
 from reranker_nvidia.errors import ErrorCode, RerankError
+from reranker_nvidia.types import Hit, SearchType
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 from tests.conftest import SidecarFactory

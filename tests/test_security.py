@@ -15,9 +15,9 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reranker_nvidia.client import RerankerClient
-from reranker_nvidia.core.hits import Hit
 from reranker_nvidia.emulator import Fault
 from reranker_nvidia.errors import ErrorCode, RerankError
+from reranker_nvidia.types import Hit
 from tests.conftest import SidecarFactory
 from tests.support import REQUEST_KEY, SCRIPT, SERVER_KEY, CaptureServer, Emulator
 

@@ -1,0 +1,44 @@
+"""The core: ranking policy and everything it needs to reach NIM. Surfaces use it through the
+names exported here, never through its modules."""
+
+from reranker_nvidia.core.admission import Admission
+from reranker_nvidia.core.caller_token import (
+    MISSING_TOKEN_MESSAGE,
+    OPEN_GRPC_SERVICE,
+    OPEN_HTTP_PATHS,
+    TOKEN_HEADER,
+    token_matches,
+)
+from reranker_nvidia.core.hits import collection_options, rerank_hits, rerank_properties
+from reranker_nvidia.core.keys import usable_key
+from reranker_nvidia.core.metrics import CONTENT_TYPE, Metrics
+from reranker_nvidia.core.ranker import Ranker, Ranking, RankOptions, check_top_n
+from reranker_nvidia.core.request_context import (
+    REQUEST_ID_HEADER,
+    new_request_id,
+    request_id,
+    request_secrets,
+)
+
+__all__ = [
+    "CONTENT_TYPE",
+    "MISSING_TOKEN_MESSAGE",
+    "OPEN_GRPC_SERVICE",
+    "OPEN_HTTP_PATHS",
+    "REQUEST_ID_HEADER",
+    "TOKEN_HEADER",
+    "Admission",
+    "Metrics",
+    "RankOptions",
+    "Ranker",
+    "Ranking",
+    "check_top_n",
+    "collection_options",
+    "new_request_id",
+    "request_id",
+    "request_secrets",
+    "rerank_hits",
+    "rerank_properties",
+    "token_matches",
+    "usable_key",
+]

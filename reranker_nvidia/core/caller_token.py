@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hmac
 
+from reranker_nvidia.messages import TOKEN_METADATA
+
 TOKEN_HEADER = "X-Reranker-Token"
-TOKEN_METADATA = "x-reranker-token"
 OPEN_HTTP_PATHS = frozenset({"/.well-known/live", "/.well-known/ready"})
 OPEN_GRPC_SERVICE = "/grpc.health.v1.Health/"
 MISSING_TOKEN_MESSAGE = (

@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from reranker_nvidia.core.upstream import UpstreamRanking, Usage
+from reranker_nvidia.core.upstream import UpstreamRanking
+from reranker_nvidia.types import Usage
 
 if TYPE_CHECKING:
     from reranker_nvidia.core.ranker import Target

@@ -2,51 +2,15 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from reranker_nvidia.core.ranker import Ranker, RankOptions, check_count, check_top_n
-from reranker_nvidia.core.upstream import Usage
 from reranker_nvidia.errors import invalid_argument
+from reranker_nvidia.types import Hit, RerankedHit, RerankedHits
 
 MODULE_CONFIG_KEY = "reranker-nvidia"
 PROPERTY_SEPARATOR = "\n"
-
-
-class SearchType(enum.Enum):
-    UNSPECIFIED = "unspecified"
-    VECTOR = "vector"
-    KEYWORD = "keyword"
-    HYBRID = "hybrid"
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result as the search produced it; the reranker never alters these fields."""
-
-    id: str
-    properties: Mapping[str, Any] = field(default_factory=dict)
-    score: float | None = None
-    distance: float | None = None
-    search_type: SearchType = SearchType.UNSPECIFIED
-
-
-@dataclass(frozen=True)
-class RerankedHit:
-    hit: Hit
-    position: int
-    """Where the hit stood in the request."""
-    rerank_score: float | None
-    """``None`` when the hit had no text to rank by; such hits come last."""
-
-
-@dataclass(frozen=True)
-class RerankedHits:
-    hits: list[RerankedHit]
-    model: str
-    usage: Usage
 
 
 def hit_text(hit: Hit, properties: Sequence[str]) -> str:

@@ -24,15 +24,16 @@ from reranker_nvidia.core.endpoints import (
 from reranker_nvidia.core.keys import usable_key
 from reranker_nvidia.core.metrics import Metrics
 from reranker_nvidia.core.redaction import redact_url, scrub
+from reranker_nvidia.core.request_context import request_secrets
 from reranker_nvidia.core.retry import RetryPolicy
 from reranker_nvidia.core.score_cache import ScoreCache, digest, scope_digest
 from reranker_nvidia.core.ssrf import Resolver, check_url_text, parse_base_url, system_resolver
-from reranker_nvidia.core.upstream import NimClient, UpstreamRanking, Usage
+from reranker_nvidia.core.upstream import NimClient, UpstreamRanking
 from reranker_nvidia.core.verified_keys import VerifiedKeys
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.nim_schema import TRUNCATE_VALUES
-from reranker_nvidia.server.logs import request_secrets
 from reranker_nvidia.settings import Settings
+from reranker_nvidia.types import Usage
 
 NO_KEY_MESSAGE = (
     "no api key found neither in request header: X-Nvidia-Api-Key "

@@ -40,23 +40,13 @@ from reranker_nvidia.errors import (
     code_for_upstream_status,
     invalid_argument,
 )
+from reranker_nvidia.types import Usage
 
 log = logging.getLogger("reranker_nvidia.core.upstream")
 
 _MAX_DETAIL_CHARS = 300
 # Answers larger than this are parsed on a worker thread, so the event loop keeps serving.
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int = 0
-    total_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.prompt_tokens + other.prompt_tokens, self.total_tokens + other.total_tokens
-        )
 
 
 @dataclass(frozen=True)

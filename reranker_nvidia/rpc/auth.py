@@ -8,12 +8,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc import aio as grpc_aio
 
-from reranker_nvidia.core.caller_token import (
-    MISSING_TOKEN_MESSAGE,
-    OPEN_GRPC_SERVICE,
-    TOKEN_METADATA,
-    token_matches,
-)
+from reranker_nvidia.core import MISSING_TOKEN_MESSAGE, OPEN_GRPC_SERVICE, token_matches
+from reranker_nvidia.messages import TOKEN_METADATA
 
 
 async def _deny(request: Any, context: grpc_aio.ServicerContext[Any, Any]) -> Any:

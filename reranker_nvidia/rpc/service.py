@@ -14,24 +14,24 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc import aio as grpc_aio
 
-from reranker_nvidia.core.hits import (
-    RerankedHits,
+from reranker_nvidia.core import (
+    Metrics,
+    Ranker,
     collection_options,
+    new_request_id,
+    request_id,
     rerank_hits,
     rerank_properties,
 )
-from reranker_nvidia.core.metrics import Metrics
-from reranker_nvidia.core.ranker import Ranker
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.messages import (
+    REQUEST_ID_METADATA,
     hit_from_proto,
-    options_from_proto,
-    status_code_for,
     struct_to_dict,
     usage_to_proto,
 )
-from reranker_nvidia.server.logs import new_request_id, request_id
-from reranker_nvidia.server.meta import Meta
+from reranker_nvidia.rpc.convert import options_from_proto, status_code_for
+from reranker_nvidia.types import Meta, RerankedHits
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 
@@ -40,7 +40,6 @@ access_log = logging.getLogger("reranker_nvidia.access")
 
 
 T = TypeVar("T")
-REQUEST_ID_METADATA = "x-request-id"
 # From this many hits on, converting them to and from protobuf runs on a worker thread.
 OFF_LOOP_HITS = 256
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
-import re
-import uuid
 from collections.abc import Sequence
 
 from reranker_nvidia.core.redaction import escape_controls, scrub
-
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-# The key the request being served sends upstream, so that no log line of it shows the key.
-request_secrets: contextvars.ContextVar[tuple[str | None, ...]] = contextvars.ContextVar(
-    "request_secrets", default=()
-)
-
-REQUEST_ID_HEADER = "X-Request-Id"
-_ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-def new_request_id(given: str | None) -> str:
-    """The caller's id when it is a plain token (it may be logged), else a fresh one."""
-    if given is not None and _ACCEPTABLE_ID.fullmatch(given):
-        return given
-    return uuid.uuid4().hex
+from reranker_nvidia.core.request_context import request_id, request_secrets
 
 
 class _RequestIdFilter(logging.Filter):

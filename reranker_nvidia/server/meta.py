@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 from reranker_nvidia import __version__
 from reranker_nvidia.core.endpoints import KNOWN_MODELS, normalise_model, resolve_endpoint
 from reranker_nvidia.core.redaction import redact_url
 from reranker_nvidia.settings import Settings
+from reranker_nvidia.types import Meta
 
 NAME = "reranker-nvidia"
-
-
-@dataclass(frozen=True)
-class Meta:
-    name: str
-    version: str
-    model: str
-    base_url: str
-    endpoint: str
-    max_passages_per_call: int
-    max_documents: int
-    server_key_configured: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def describe(settings: Settings) -> Meta:

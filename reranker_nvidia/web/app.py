@@ -9,10 +9,8 @@ from fastapi import FastAPI, Response
 from fastapi.responses import PlainTextResponse
 
 from reranker_nvidia import __version__
-from reranker_nvidia.core.metrics import CONTENT_TYPE, Metrics
-from reranker_nvidia.core.ranker import Ranker
+from reranker_nvidia.core import CONTENT_TYPE, Metrics, Ranker, request_id
 from reranker_nvidia.errors import RerankError
-from reranker_nvidia.server.logs import request_id
 from reranker_nvidia.server.meta import describe, served_models
 from reranker_nvidia.web import cohere as http_cohere
 from reranker_nvidia.web import nim as http_nim

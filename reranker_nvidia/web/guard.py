@@ -25,14 +25,16 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reranker_nvidia.core.caller_token import (
+from reranker_nvidia.core import (
     MISSING_TOKEN_MESSAGE,
     OPEN_HTTP_PATHS,
+    REQUEST_ID_HEADER,
     TOKEN_HEADER,
+    new_request_id,
+    request_id,
     token_matches,
 )
 from reranker_nvidia.errors import ErrorCode, RerankError
-from reranker_nvidia.server.logs import REQUEST_ID_HEADER, new_request_id, request_id
 
 # Renders an error in the shape of the contract the path belongs to.
 PathErrorRenderer = Callable[[str, RerankError], Any]

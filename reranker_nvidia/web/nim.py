@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from reranker_nvidia.core.ranker import Ranker
+from reranker_nvidia.core import Ranker
 from reranker_nvidia.errors import ErrorCode, RerankError
 from reranker_nvidia.nim_schema import (
     NimRanking,

@@ -17,8 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from reranker_nvidia.core.keys import usable_key
-from reranker_nvidia.core.ranker import RankOptions
+from reranker_nvidia.core import RankOptions, usable_key
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 
 log = logging.getLogger("reranker_nvidia.http")

@@ -13,9 +13,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from reranker_nvidia.core.ranker import Ranker
+from reranker_nvidia.core import Ranker
 from reranker_nvidia.errors import RerankError, invalid_argument
-from reranker_nvidia.server.meta import Meta
+from reranker_nvidia.types import Meta
 from reranker_nvidia.web.options import (
     header_options,
     request_budget,
