@@ -45,7 +45,7 @@ from processes import (
 )
 
 from reranker_nvidia.client import AsyncRerankerClient
-from reranker_nvidia.core.ranker import Ranker
+from reranker_nvidia.server.assembly import build_core
 from reranker_nvidia.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -255,7 +255,8 @@ async def weaviate_pattern(setup: Setup) -> dict[str, float]:
 async def core_cache_hit(emulator_url: str, requests: int) -> float:
     """p50 ms of a 100-passage cache hit inside the core, with no RPC around it."""
     settings = Settings(api_key=None, base_url=emulator_url)
-    ranker = Ranker.from_settings(settings)
+    core = build_core(settings)
+    ranker = core.ranker
     documents = [passage() for _ in range(100)]
     try:
         await ranker.rank("cached query", documents)
@@ -265,7 +266,7 @@ async def core_cache_hit(emulator_url: str, requests: int) -> float:
             await ranker.rank("cached query", documents)
             times.append((time.perf_counter() - start) * 1000)
     finally:
-        await ranker.aclose()
+        await core.aclose()
     return statistics.median(times)
 
 

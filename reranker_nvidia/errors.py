@@ -1,4 +1,5 @@
-"""The one error type the core raises, and how each kind of failure is classified.
+"""The one error type the core raises (and the client raises for a failed call), and how
+each kind of failure is classified.
 
 Surfaces translate a ``RerankError`` into their own shape (gRPC status, ``{"error": ...}``,
 ``{"detail": ...}``); they never see a stack trace or an upstream exception.
@@ -22,23 +23,12 @@ class ErrorCode(enum.Enum):
     INTERNAL = "INTERNAL"
 
 
-_DEFAULT_HTTP_STATUS = {
-    ErrorCode.INVALID_ARGUMENT: 400,
-    ErrorCode.UNAUTHENTICATED: 401,
-    ErrorCode.PERMISSION_DENIED: 403,
-    ErrorCode.FAILED_PRECONDITION: 402,
-    ErrorCode.RESOURCE_EXHAUSTED: 429,
-    ErrorCode.UNAVAILABLE: 502,
-    ErrorCode.DEADLINE_EXCEEDED: 504,
-    ErrorCode.INTERNAL: 500,
-}
-
-
 class RerankError(Exception):
-    """A failure a caller can act on: a code, a message, and the HTTP status to answer with.
+    """A failure a caller can act on: a code and a message. Each surface maps the code to
+    its own status (gRPC, or HTTP in the contract's shape).
 
     ``upstream_status`` is set when NIM answered with an error status, so that surfaces which
-    mirror NIM (the NIM-compatible routes) can answer with the same status.
+    mirror NIM can answer with the same status; ``retry_after_s`` says when to try again.
     """
 
     def __init__(
@@ -46,7 +36,6 @@ class RerankError(Exception):
         code: ErrorCode,
         message: str,
         *,
-        http_status: int | None = None,
         upstream_status: int | None = None,
         retry_after_s: float | None = None,
         retryable: bool = False,
@@ -54,13 +43,12 @@ class RerankError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        self.http_status = http_status if http_status is not None else _DEFAULT_HTTP_STATUS[code]
         self.upstream_status = upstream_status
         self.retry_after_s = retry_after_s
         self.retryable = retryable
 
     def __repr__(self) -> str:
-        return f"RerankError({self.code.value}, {self.message!r}, http_status={self.http_status})"
+        return f"RerankError({self.code.value}, {self.message!r})"
 
 
 def invalid_argument(message: str) -> RerankError:

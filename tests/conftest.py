@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from reranker_nvidia.core.ranker import Ranker
 from reranker_nvidia.core.ssrf import Resolver
+from reranker_nvidia.server.assembly import build_core
 from reranker_nvidia.server.sidecar import SidecarServer
 from tests.support import (
     BackgroundLoop,
@@ -75,8 +75,8 @@ def make_sidecar(background: BackgroundLoop, emulator: Emulator) -> Iterator[Sid
 
     def make(resolver: Resolver | None = None, **overrides: Any) -> Sidecar:
         settings = sidecar_settings(emulator.url, **overrides)
-        ranker = Ranker.from_settings(settings, resolver=resolver) if resolver else None
-        server = SidecarServer(settings, ranker)
+        core = build_core(settings, resolver=resolver) if resolver else None
+        server = SidecarServer(settings, core)
         background.run(server.start())
         started.append(server)
         return Sidecar(server)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from reranker_nvidia.core.ranker import Ranker, RankOptions
+from reranker_nvidia.core import RankOptions
 from reranker_nvidia.core.score_cache import ENTRY_BYTES, ScoreCache, digest, scope_digest
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
 from reranker_nvidia.errors import ErrorCode, RerankError
+from reranker_nvidia.server.assembly import build_core
 from reranker_nvidia.settings import Settings
 from tests.conftest import SidecarFactory
 from tests.support import REQUEST_KEY, Emulator
@@ -37,7 +38,7 @@ def test_a_repeated_request_is_served_from_the_cache(
     second = rerank(sidecar.http_url, documents)
     assert first == second == pytest.approx(expected(documents))
     assert len(emulator.state.calls) == 1
-    cache = sidecar.server.ranker.cache
+    cache = sidecar.server.core.cache
     assert (cache.hits, cache.misses) == (3, 3)
 
 
@@ -85,7 +86,7 @@ def test_errors_are_never_cached(make_sidecar: SidecarFactory, emulator: Emulato
     assert failed.status_code == 502
     assert rerank(sidecar.http_url, ["a"]) == pytest.approx(expected(["a"]))
     assert len(emulator.state.calls) == 2
-    assert len(sidecar.server.ranker.cache) == 1
+    assert len(sidecar.server.core.cache) == 1
 
 
 def test_a_cache_of_size_zero_is_off(make_sidecar: SidecarFactory, emulator: Emulator) -> None:
@@ -93,7 +94,7 @@ def test_a_cache_of_size_zero_is_off(make_sidecar: SidecarFactory, emulator: Emu
     rerank(sidecar.http_url, ["a way"])
     rerank(sidecar.http_url, ["a way"])
     assert len(emulator.state.calls) == 2
-    assert not sidecar.server.ranker.cache.enabled
+    assert not sidecar.server.core.cache.enabled
 
 
 def test_least_recently_used_entries_go_first() -> None:
@@ -127,7 +128,8 @@ async def test_no_usable_key_is_refused_before_the_cache_is_read() -> None:
     settings = Settings(
         api_key=None, base_url="https://ai.api.nvidia.com", cache_size=100, cache_scope="shared"
     )
-    ranker = Ranker.from_settings(settings)
+    core = build_core(settings)
+    ranker = core.ranker
     try:
         target = ranker.resolve(RankOptions(api_key=REQUEST_KEY))
         prefix = scope_digest(target.endpoint, target.model, target.truncate) + digest(QUERY)
@@ -138,4 +140,4 @@ async def test_no_usable_key_is_refused_before_the_cache_is_read() -> None:
         assert raised.value.code is ErrorCode.UNAUTHENTICATED
         assert ranker.cache.hits == 1
     finally:
-        await ranker.aclose()
+        await core.aclose()

@@ -44,7 +44,7 @@ async def test_parallel_chunks_share_one_call_and_each_gets_its_own_scores(
         assert [entry["document"] for entry in scores] == chunk
         assert [entry["score"] for entry in scores] == pytest.approx(expected(QUERY, chunk))
     assert [call.passages for call in emulator.state.calls] == [100]
-    assert sidecar.server.ranker.coalescer.coalesced_requests == 3
+    assert sidecar.server.core.coalescer.coalesced_requests == 3
 
 
 async def test_identical_requests_share_one_call(

@@ -166,19 +166,19 @@ def test_grpc_deadline_shrinks_the_budget_and_cancels_upstream(
         client.rank("q", ["a"])
     assert raised.value.code is ErrorCode.DEADLINE_EXCEEDED
     assert time.monotonic() - start < 1.5
-    ranker = sidecar.server.ranker
+    core = sidecar.server.core
     # The upstream call is cancelled first; the request itself lets go a moment later.
-    wait_until(lambda: ranker.upstream_in_flight == 0 and ranker.admission.in_flight == 0, 1.0)
+    wait_until(lambda: core.caller.in_flight == 0 and core.admission.in_flight == 0, 1.0)
 
 
 def test_http_caller_that_gives_up_cancels_its_upstream_call(
     sidecar: Sidecar, emulator: Emulator
 ) -> None:
     emulator.state.faults.append(Fault(200, {"rankings": []}, delay_s=5))
-    ranker = sidecar.server.ranker
+    core = sidecar.server.core
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(sidecar.http_url + "/rerank", json=BODY, timeout=0.3)
-    wait_until(lambda: ranker.upstream_in_flight == 0 and ranker.admission.in_flight == 0, 2.0)
+    wait_until(lambda: core.caller.in_flight == 0 and core.admission.in_flight == 0, 2.0)
 
 
 def test_invalid_upstream_answers_are_502_naming_the_problem(

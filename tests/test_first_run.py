@@ -41,7 +41,7 @@ def message_lines(lines: list[str], logger: str) -> list[str]:
 
 
 def test_start_up_without_a_key_says_what_it_does_and_how_to_try_it() -> None:
-    lines = message_lines(serve_lines(clean_environment()), "reranker_nvidia.server.sidecar")
+    lines = message_lines(serve_lines(clean_environment()), "reranker_nvidia.server")
     block = lines[: lines.index("  TLS           off") + 1]
     assert re.fullmatch(
         rf"INFO reranker-nvidia {re.escape(__version__)} serving HTTP on 127\.0\.0\.1:\d+ "
@@ -76,7 +76,7 @@ def test_start_up_names_where_the_key_came_from_never_the_key(emulator: Emulator
         "RERANKER_AUTH_TOKEN": "token-1234567",
     }
     output = serve_lines(env)
-    lines = message_lines(output, "reranker_nvidia.server.sidecar")
+    lines = message_lines(output, "reranker_nvidia.server")
     assert f"  NIM endpoint  {emulator.url}/v1/ranking" in lines
     assert "  key           from NVIDIA_API_KEY" in lines
     assert "  truncation    NONE everywhere (RERANKER_TRUNCATE)" in lines
@@ -166,7 +166,7 @@ def test_unreachable_nim_says_what_failed_in_the_answer_and_one_warning() -> Non
     )
     assert response.status_code == 502
     assert response.json() == {"error": message}
-    warnings = [line for line in lines if " WARNING reranker_nvidia.core.upstream " in line]
+    warnings = [line for line in lines if " WARNING reranker_nvidia.upstream " in line]
     assert [line.split(": ", 1)[1].rstrip() for line in warnings] == [message]
     assert "[first-ten-minutes]" in warnings[0]
 

@@ -9,9 +9,12 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from reranker_nvidia.core.ranker import NO_KEY_MESSAGE, Ranker, RankOptions
+from reranker_nvidia.core import Ranker, RankOptions
+from reranker_nvidia.core.targets import NO_KEY_MESSAGE
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
 from reranker_nvidia.errors import ErrorCode, RerankError
+from reranker_nvidia.server.assembly import Core, build_core
+from reranker_nvidia.web.errors import http_status
 from tests.support import REQUEST_KEY, SERVER_KEY, Emulator, sidecar_settings
 
 QUERY = "how do reranking models order passages"
@@ -31,16 +34,16 @@ def expected_scores(query: str, documents: list[str]) -> list[float]:
 
 @pytest.fixture
 async def make_ranker(emulator: Emulator) -> AsyncIterator[RankerFactory]:
-    made: list[Ranker] = []
+    made: list[Core] = []
 
     def make(**overrides: object) -> Ranker:
-        ranker = Ranker.from_settings(sidecar_settings(emulator.url, **overrides))
-        made.append(ranker)
-        return ranker
+        core = build_core(sidecar_settings(emulator.url, **overrides))
+        made.append(core)
+        return core.ranker
 
     yield make
-    for ranker in made:
-        await ranker.aclose()
+    for core in made:
+        await core.aclose()
 
 
 @pytest.mark.parametrize("count", [1, 512, 513, 5000])
@@ -176,7 +179,7 @@ async def test_upstream_errors_carry_nims_detail(
     with pytest.raises(RerankError) as raised:
         await make_ranker().rank(QUERY, ["a"])
     assert raised.value.code is code
-    assert raised.value.http_status == status
+    assert http_status(raised.value) == status
     assert says in raised.value.message
     assert raised.value.upstream_status == fault.status
     if "Retry-After" in fault.headers:
@@ -201,7 +204,7 @@ async def test_invalid_upstream_rankings_are_unavailable(
     with pytest.raises(RerankError) as raised:
         await make_ranker().rank(QUERY, ["a", "b"])
     assert raised.value.code is ErrorCode.UNAVAILABLE
-    assert raised.value.http_status == 502
+    assert http_status(raised.value) == 502
     assert reason in raised.value.message
 
 
@@ -303,6 +306,6 @@ async def test_keys_never_reach_logs_or_error_messages(
         await ranker.rank(QUERY, ["a"], RankOptions(api_key=REQUEST_KEY))
     assert REQUEST_KEY not in raised.value.message
     assert "***" in raised.value.message
-    assert SERVER_KEY not in repr(ranker.settings)
+    assert SERVER_KEY not in repr(sidecar_settings(emulator.url))
     assert REQUEST_KEY not in repr(RankOptions(api_key=REQUEST_KEY))
     assert REQUEST_KEY not in caplog.text and SERVER_KEY not in caplog.text

@@ -9,16 +9,18 @@ from reranker_nvidia.core.caller_token import (
     TOKEN_HEADER,
     token_matches,
 )
+from reranker_nvidia.core.coalescer import Coalescer
 from reranker_nvidia.core.hits import collection_options, rerank_hits, rerank_properties
 from reranker_nvidia.core.keys import usable_key
 from reranker_nvidia.core.metrics import CONTENT_TYPE, Metrics
-from reranker_nvidia.core.ranker import Ranker, Ranking, RankOptions, check_top_n
+from reranker_nvidia.core.ranker import Ranker, Ranking, RequestLimits, check_top_n
 from reranker_nvidia.core.request_context import (
     REQUEST_ID_HEADER,
     new_request_id,
     request_id,
     request_secrets,
 )
+from reranker_nvidia.core.targets import RankOptions
 
 __all__ = [
     "CONTENT_TYPE",
@@ -28,10 +30,12 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "TOKEN_HEADER",
     "Admission",
+    "Coalescer",
     "Metrics",
     "RankOptions",
     "Ranker",
     "Ranking",
+    "RequestLimits",
     "check_top_n",
     "collection_options",
     "new_request_id",

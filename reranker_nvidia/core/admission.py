@@ -42,14 +42,12 @@ class Admission:
             raise RerankError(
                 ErrorCode.UNAVAILABLE,
                 "the server is shutting down; retry on another instance",
-                http_status=503,
                 retry_after_s=RETRY_AFTER_S,
             )
         if self._in_flight >= self._limit:
             raise RerankError(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"too many requests in flight: at most {self._limit} (RERANKER_MAX_IN_FLIGHT)",
-                http_status=503,
                 retry_after_s=RETRY_AFTER_S,
             )
         self._in_flight += 1

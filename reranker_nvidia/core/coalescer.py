@@ -20,20 +20,35 @@ it. A shared call is cancelled only when every caller waiting for it has gone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from reranker_nvidia.core.targets import Target
 from reranker_nvidia.core.upstream import UpstreamRanking
 from reranker_nvidia.types import Usage
 
-if TYPE_CHECKING:
-    from reranker_nvidia.core.ranker import Target
-
-Send = Callable[["Target", str, Sequence[str], float], Awaitable[UpstreamRanking]]
+Send = Callable[[Target, str, Sequence[str], float], Awaitable[UpstreamRanking]]
 # A batch waiting for announced siblings never waits longer than this many windows.
-_SIBLING_WAIT_WINDOWS = 4
+SIBLING_WAIT_WINDOWS = 4
+# Requests share a call only when all of these are the same: key, endpoint, model,
+# truncation, guarded or not, and query.
 Group = tuple[str | None, str, str, str | None, bool, str]
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Scheduler(Protocol):
+    """The clock and timers batches run on: the event loop, or a test's own."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer: ...
+
+    def call_soon(self, callback: Callable[[], None]) -> object: ...
 
 
 @dataclass(eq=False)
@@ -42,18 +57,31 @@ class _Batch:
     target: Target
     query: str
     deadline: float
+    opened_at: float
+    result: asyncio.Future[UpstreamRanking]
     keys: list[bytes] = field(default_factory=list)
     passages: list[str] = field(default_factory=list)
     waiters: int = 0
     expecting: bool = False
     """Every member so far said siblings are on their way."""
     dispatched: bool = False
-    result: asyncio.Future[UpstreamRanking] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
     task: asyncio.Task[None] | None = None
-    timer: asyncio.TimerHandle | None = None
-    opened_at: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+    timer: Timer | None = None
+
+
+@dataclass
+class _Placement:
+    """Where one request's passages went: (batch, index) per passage, in order."""
+
+    places: list[tuple[_Batch, int]] = field(default_factory=list)
+    own: dict[_Batch, int] = field(default_factory=dict)
+    """Batches this request opened or added passages to, and how many it added."""
+    joined: bool = False
+    """It shares at least one call with another request."""
+
+    @property
+    def batches(self) -> list[_Batch]:
+        return list(dict.fromkeys(batch for batch, _ in self.places))
 
 
 class Coalescer:
@@ -63,26 +91,34 @@ class Coalescer:
         *,
         max_passages: int,
         window_s: float,
-        on_scored: Callable[[Sequence[bytes], Sequence[float]], None],
+        scheduler: Scheduler | None = None,
     ) -> None:
+        """``send`` makes one upstream call; ``scheduler`` defaults to the running loop."""
         self._send = send
         self._max_passages = max_passages
         self._window_s = window_s
-        self._on_scored = on_scored
+        self._given_scheduler = scheduler
         self._open: dict[Group, _Batch] = {}
         self._pending: dict[tuple[str | None, bytes], tuple[_Batch, int]] = {}
-        self._active = 0
-        self._parked = 0
+        self._in_progress = 0
+        self._waiting = 0
         self.coalesced_passages = 0
         self.coalesced_requests = 0
 
-    def enter(self) -> None:
-        """A request has arrived that may yet ask for scores; batches wait for it a while."""
-        self._active += 1
+    @property
+    def _scheduler(self) -> Scheduler:
+        return self._given_scheduler or asyncio.get_running_loop()
 
-    def leave(self) -> None:
-        self._active -= 1
-        self._poke()
+    @contextlib.contextmanager
+    def possible_joiner(self) -> Iterator[None]:
+        """Surfaces wrap each request in this once its input is in: until it asks for scores
+        or leaves, open batches may wait for it (never longer than the window)."""
+        self._in_progress += 1
+        try:
+            yield
+        finally:
+            self._in_progress -= 1
+            self._dispatch_when_quiet()
 
     async def score(
         self,
@@ -95,9 +131,31 @@ class Coalescer:
         siblings_expected: bool = False,
     ) -> tuple[list[float], Usage]:
         """Logits for ``passages`` (one per key, in order), and this caller's share of usage."""
-        places: list[tuple[_Batch, int]] = []
-        own: dict[_Batch, int] = {}
-        joined = False
+        placement = self._place(target, query, passages, keys, deadline, siblings_expected)
+        batches = placement.batches
+        self.coalesced_passages += sum(
+            1 for batch, _ in placement.places if batch not in placement.own
+        )
+        self.coalesced_requests += placement.joined
+        for batch in batches:
+            batch.waiters += 1
+            self._arm_timer(batch, added_to=batch in placement.own)
+        answers = await self._wait(batches)
+        logits = [answers[batch].logits[index] for batch, index in placement.places]
+        return logits, usage_share(placement.own, answers)
+
+    def _place(
+        self,
+        target: Target,
+        query: str,
+        passages: Sequence[str],
+        keys: Sequence[bytes],
+        deadline: float,
+        siblings_expected: bool,
+    ) -> _Placement:
+        """Each passage joins the call already carrying it, else the open batch of its group
+        (a new one when there is none or the last one is full)."""
+        placement = _Placement()
         group: Group = (
             target.api_key,
             target.endpoint,
@@ -109,72 +167,88 @@ class Coalescer:
         for passage, key in zip(passages, keys, strict=True):
             pending = self._pending.get((target.api_key, key))
             if pending is not None:
-                places.append(pending)
-                joined = True
+                placement.places.append(pending)
+                placement.joined = True
                 continue
             batch = self._open.get(group)
             if batch is None:
-                batch = _Batch(group, target, query, deadline, expecting=siblings_expected)
-                self._open[group] = batch
-            elif batch not in own:
-                joined = joined or bool(batch.passages)
+                batch = self._open_batch(group, target, query, deadline, siblings_expected)
+            elif batch not in placement.own:
+                placement.joined = placement.joined or bool(batch.passages)
                 batch.expecting = batch.expecting and siblings_expected
             batch.deadline = max(batch.deadline, deadline)
             index = len(batch.passages)
             batch.keys.append(key)
             batch.passages.append(passage)
             self._pending[(target.api_key, key)] = (batch, index)
-            own[batch] = own.get(batch, 0) + 1
-            places.append((batch, index))
+            placement.own[batch] = placement.own.get(batch, 0) + 1
+            placement.places.append((batch, index))
             if len(batch.passages) >= self._max_passages:
                 self._dispatch(batch)
-        batches = list(dict.fromkeys(batch for batch, _ in places))
-        self.coalesced_passages += sum(1 for batch, _ in places if batch not in own)
-        self.coalesced_requests += joined
-        loop = asyncio.get_running_loop()
-        for batch in batches:
-            batch.waiters += 1
-            if batch.dispatched or self._window_s <= 0:
-                continue
-            if batch.timer is None or (batch.expecting and batch in own):
-                # Siblings trickling in keep the batch open a window past the latest one.
-                if batch.timer is not None:
-                    batch.timer.cancel()
-                latest = batch.opened_at + _SIBLING_WAIT_WINDOWS * self._window_s
-                when = min(loop.time() + self._window_s, latest)
-                batch.timer = loop.call_at(when, self._dispatch, batch)
-        self._parked += 1
-        self._poke()
+        return placement
+
+    def _open_batch(
+        self, group: Group, target: Target, query: str, deadline: float, expecting: bool
+    ) -> _Batch:
+        scheduler = self._scheduler
+        batch = _Batch(
+            group,
+            target,
+            query,
+            deadline,
+            opened_at=scheduler.time(),
+            result=asyncio.get_running_loop().create_future(),
+            expecting=expecting,
+        )
+        self._open[group] = batch
+        return batch
+
+    def _arm_timer(self, batch: _Batch, *, added_to: bool) -> None:
+        """A batch goes out a window after it opened; one whose members announce siblings
+        goes a window after the latest of them arrived, four windows after opening at most."""
+        if batch.dispatched or self._window_s <= 0:
+            return
+        if batch.timer is not None and not (batch.expecting and added_to):
+            return
+        if batch.timer is not None:
+            batch.timer.cancel()
+        scheduler = self._scheduler
+        latest = batch.opened_at + SIBLING_WAIT_WINDOWS * self._window_s
+        when = min(scheduler.time() + self._window_s, latest)
+        batch.timer = scheduler.call_at(when, lambda: self._dispatch(batch))
+
+    async def _wait(self, batches: Sequence[_Batch]) -> dict[_Batch, UpstreamRanking]:
+        self._waiting += 1
+        self._dispatch_when_quiet()
         try:
             await asyncio.gather(*(asyncio.shield(batch.result) for batch in batches))
         except BaseException:
             # Cancelled, or one of its calls failed: its other calls go on only for others.
             for batch in batches:
-                batch.waiters -= 1
-                if batch.waiters == 0 and not batch.result.done():
-                    if batch.task is not None:
-                        batch.task.cancel()
-                    else:
-                        self._abandon(batch)
+                self._release(batch)
             raise
         finally:
-            self._parked -= 1
-        answers = {batch: batch.result.result() for batch in batches}
-        usage = Usage()
-        for batch, count in own.items():
-            share = count / len(batch.passages)
-            spent = answers[batch].usage
-            usage += Usage(round(spent.prompt_tokens * share), round(spent.total_tokens * share))
-        return [answers[batch].logits[index] for batch, index in places], usage
+            self._waiting -= 1
+        return {batch: batch.result.result() for batch in batches}
 
-    def _poke(self) -> None:
-        """Send every open batch once no request in flight could still join one."""
+    def _release(self, batch: _Batch) -> None:
+        """One waiter fewer; a batch nobody waits for is cancelled, or dropped if unsent."""
+        batch.waiters -= 1
+        if batch.waiters == 0 and not batch.result.done():
+            if batch.task is not None:
+                batch.task.cancel()
+            else:
+                self._abandon(batch)
+
+    def _dispatch_when_quiet(self) -> None:
+        """After this turn of the loop, send every open batch if no request in progress
+        could still join one (each is waiting on a batch already)."""
         if self._open:
-            asyncio.get_running_loop().call_soon(self._dispatch_if_quiet)
+            self._scheduler.call_soon(self._dispatch_if_quiet)
 
     def _dispatch_if_quiet(self) -> None:
         windowed = self._window_s > 0
-        if windowed and self._active > self._parked:
+        if windowed and self._in_progress > self._waiting:
             return
         for batch in list(self._open.values()):
             if not (windowed and batch.expecting):
@@ -217,10 +291,19 @@ class Coalescer:
             if not isinstance(error, Exception):
                 raise
         else:
-            self._on_scored(batch.keys, answer.logits)
             batch.result.set_result(answer)
         finally:
             self._forget(batch)
             # Nobody may be left to read a failure; reading it here keeps asyncio quiet.
             if batch.result.done() and not batch.result.cancelled():
                 batch.result.exception()
+
+
+def usage_share(own: Mapping[_Batch, int], answers: Mapping[_Batch, UpstreamRanking]) -> Usage:
+    """A caller's usage: of each call it added passages to, the share its passages were."""
+    usage = Usage()
+    for batch, count in own.items():
+        share = count / len(batch.passages)
+        spent = answers[batch].usage
+        usage += Usage(round(spent.prompt_tokens * share), round(spent.total_tokens * share))
+    return usage

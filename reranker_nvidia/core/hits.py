@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reranker_nvidia.core.ranker import Ranker, RankOptions, check_count, check_top_n
+from reranker_nvidia.core.ranker import Ranker, check_count, check_top_n
+from reranker_nvidia.core.targets import RankOptions
 from reranker_nvidia.errors import invalid_argument
 from reranker_nvidia.types import Hit, RerankedHit, RerankedHits
 
@@ -83,8 +84,8 @@ async def rerank_hits(
     properties = rerank_properties(
         properties,
         len(hits),
-        max_hits=ranker.settings.max_documents,
-        max_properties=ranker.settings.max_properties,
+        max_hits=ranker.limits.max_documents,
+        max_properties=ranker.limits.max_properties,
     )
     check_top_n(top_n)
     texts = [hit_text(hit, properties) for hit in hits]

@@ -42,7 +42,7 @@ from reranker_nvidia.errors import (
 )
 from reranker_nvidia.types import Usage
 
-log = logging.getLogger("reranker_nvidia.core.upstream")
+log = logging.getLogger("reranker_nvidia.upstream")
 
 _MAX_DETAIL_CHARS = 300
 # Answers larger than this are parsed on a worker thread, so the event loop keeps serving.
@@ -273,7 +273,6 @@ def _error_from_response(
     return RerankError(
         code_for_upstream_status(status),
         f"NIM at {where} answered {status}: {detail}",
-        http_status=status if 400 <= status < 500 else 502,
         upstream_status=status,
         retry_after_s=_retry_after(response),
         retryable=status in RETRYABLE_UPSTREAM_STATUSES,

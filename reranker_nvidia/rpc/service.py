@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc import aio as grpc_aio
 
 from reranker_nvidia.core import (
+    Admission,
     Metrics,
     Ranker,
     collection_options,
@@ -106,30 +108,41 @@ async def _answer(
 
 
 class RerankerService(pb_grpc.RerankerServiceServicer):
-    def __init__(self, ranker: Ranker, meta: Meta) -> None:
+    def __init__(
+        self,
+        *,
+        ranker: Ranker,
+        admission: Admission,
+        metrics: Metrics,
+        possible_joiner: Callable[[], AbstractContextManager[None]],
+        meta: Meta,
+    ) -> None:
         self._ranker = ranker
+        self._admission = admission
+        self._metrics = metrics
+        self._possible_joiner = possible_joiner
         self._meta = meta
 
     async def Rank(self, request: pb.RankRequest, context: Context) -> pb.RankResponse:
         metadata = _metadata(context)
-        with self._ranker.arriving():
+        with self._possible_joiner():
             return await _answer(
                 "Rank",
                 context,
                 metadata,
                 self._rank(request, metadata, context.time_remaining()),
-                self._ranker.metrics,
+                self._metrics,
             )
 
     async def Rerank(self, request: pb.RerankRequest, context: Context) -> pb.RerankResponse:
         metadata = _metadata(context)
-        with self._ranker.arriving():
+        with self._possible_joiner():
             return await _answer(
                 "Rerank",
                 context,
                 metadata,
                 self._rerank(request, metadata, context.time_remaining()),
-                self._ranker.metrics,
+                self._metrics,
             )
 
     async def GetMeta(self, request: pb.GetMetaRequest, context: Context) -> pb.GetMetaResponse:
@@ -157,14 +170,14 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
     async def _rerank(
         self, request: pb.RerankRequest, metadata: dict[str, str], budget_s: float | None
     ) -> pb.RerankResponse:
-        settings = self._ranker.settings
+        limits = self._ranker.limits
         # Admitted, and its counts checked, before a single hit is converted.
-        async with self._ranker.admission.admit():
+        async with self._admission.admit():
             properties = rerank_properties(
                 request.properties,
                 len(request.hits),
-                max_hits=settings.max_documents,
-                max_properties=settings.max_properties,
+                max_hits=limits.max_documents,
+                max_properties=limits.max_properties,
             )
             hits = await _off_loop_when_large(
                 len(request.hits),

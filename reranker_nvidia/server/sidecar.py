@@ -12,18 +12,18 @@ from grpc import aio as grpc_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from reranker_nvidia.core.ranker import Ranker
 from reranker_nvidia.rpc.auth import TokenInterceptor
 from reranker_nvidia.rpc.service import RerankerService, add_to_server
 from reranker_nvidia.server.asgi import AsgiServer, ConnectionLimits, default_max_connections
-from reranker_nvidia.server.meta import describe
+from reranker_nvidia.server.assembly import Core, build_core
+from reranker_nvidia.server.meta import describe, served_models
 from reranker_nvidia.server.startup import StartupError, missing_key_warning, summary
 from reranker_nvidia.settings import Settings
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.web.app import create_http_app
 from reranker_nvidia.web.guard import RequestsInFlight
 
-log = logging.getLogger("reranker_nvidia.server.sidecar")
+log = logging.getLogger("reranker_nvidia.server")
 
 GRPC_HEADROOM = 64
 GRPC_MAX_PENDING_CALLS = 10_000
@@ -33,13 +33,27 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RerankerService"].full_name
 class SidecarServer:
     """Starts and stops both servers; ports may be 0 (chosen at ``start``)."""
 
-    def __init__(self, settings: Settings, ranker: Ranker | None = None) -> None:
+    def __init__(self, settings: Settings, core: Core | None = None) -> None:
+        """``core``: the parts to serve with (default: built from ``settings``)."""
         self.settings = settings
-        self.ranker = ranker if ranker is not None else Ranker.from_settings(settings)
+        self.core = core if core is not None else build_core(settings)
+        self.meta = describe(settings)
         self._ready = False
         self._http_requests = RequestsInFlight()
         self._http = AsgiServer(
-            create_http_app(self.ranker, lambda: self._ready, self._http_requests),
+            create_http_app(
+                ranker=self.core.ranker,
+                metrics=self.core.metrics,
+                possible_joiner=self.core.coalescer.possible_joiner,
+                is_ready=lambda: self._ready,
+                in_flight=self._http_requests,
+                meta=self.meta,
+                models=served_models(settings),
+                contract_truncate=settings.truncate or "END",
+                max_body_bytes=settings.max_body_bytes,
+                body_timeout_s=settings.body_timeout_s,
+                auth_token=settings.auth_token.get_secret_value() if settings.auth_token else None,
+            ),
             settings.host,
             settings.http_port,
             log_level=settings.log_level,
@@ -95,7 +109,14 @@ class SidecarServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        add_to_server(RerankerService(self.ranker, describe(self.settings)), grpc_server)
+        service = RerankerService(
+            ranker=self.core.ranker,
+            admission=self.core.admission,
+            metrics=self.core.metrics,
+            possible_joiner=self.core.coalescer.possible_joiner,
+            meta=self.meta,
+        )
+        add_to_server(service, grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, grpc_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
@@ -123,8 +144,8 @@ class SidecarServer:
                 f"cannot listen for HTTP on {settings.host}:{settings.http_port}: "
                 f"{_reason(error)} (--http-port / RERANKER_HTTP_PORT, --host / RERANKER_HOST)"
             ) from None
-        for service in ("", SERVICE_NAME):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._ready = True
         log.info(summary(settings, self.http_port, self.grpc_port))
         warning = missing_key_warning(settings)
@@ -143,13 +164,13 @@ class SidecarServer:
         none is left."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         self._ready = False
-        self.ranker.admission.begin_draining()
+        self.core.admission.begin_draining()
         await self._health.enter_graceful_shutdown()
-        if await self.ranker.admission.wait_idle(grace):
+        if await self.core.admission.wait_idle(grace):
             return True
         log.warning(
             "%d requests still in flight after %g s; stopping anyway",
-            self.ranker.admission.in_flight,
+            self.core.admission.in_flight,
             grace,
         )
         return False
@@ -160,7 +181,7 @@ class SidecarServer:
         self._http_requests.stop_all()
         if self._grpc is not None:
             await asyncio.gather(self._grpc.stop(1.0), self._http.stop(1.0))
-        await self.ranker.aclose()
+        await self.core.aclose()
 
     async def serve_until_signalled(self) -> None:
         stop = asyncio.Event()
@@ -170,7 +191,7 @@ class SidecarServer:
         try:
             await self.start()
         except StartupError:
-            await self.ranker.aclose()
+            await self.core.aclose()
             raise
         await stop.wait()
         log.info("draining: no new requests; waiting for those in flight")

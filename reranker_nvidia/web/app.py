@@ -3,52 +3,32 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 from fastapi import FastAPI, Response
 from fastapi.responses import PlainTextResponse
 
 from reranker_nvidia import __version__
 from reranker_nvidia.core import CONTENT_TYPE, Metrics, Ranker, request_id
-from reranker_nvidia.errors import RerankError
-from reranker_nvidia.server.meta import describe, served_models
-from reranker_nvidia.web import cohere as http_cohere
-from reranker_nvidia.web import nim as http_nim
-from reranker_nvidia.web import weaviate as http_weaviate
+from reranker_nvidia.types import Meta
+from reranker_nvidia.web.cohere import cohere_router
 from reranker_nvidia.web.docs import add_offline_docs
+from reranker_nvidia.web.errors import contract_of, install_error_handlers
 from reranker_nvidia.web.guard import HttpGuard, RequestsInFlight
+from reranker_nvidia.web.nim import nim_router
+from reranker_nvidia.web.weaviate import weaviate_router
 
-COHERE_PATHS = frozenset({"/v1/rerank", "/v2/rerank"})
 # Probes and scrapes come every few seconds: counted in the metrics, not logged.
 QUIET_PATHS = frozenset({"/.well-known/live", "/.well-known/ready", "/metrics"})
 
 access_log = logging.getLogger("reranker_nvidia.access")
 
 
-def surface_of(path: str) -> str:
-    if path in COHERE_PATHS:
-        return "cohere"
-    if path.startswith("/v1/"):
-        return "nim"
-    if path == "/rerank":
-        return "weaviate"
-    return "other"
-
-
-def render_for_path(path: str, error: RerankError) -> Response:
-    """An error in the shape of the contract ``path`` belongs to."""
-    surface = surface_of(path)
-    if surface == "cohere":
-        return http_cohere.render_error(error)
-    if surface == "nim":
-        return http_nim.render_error(error)
-    return http_weaviate.render_error(error)
-
-
 def _observer(metrics: Metrics) -> Callable[[str, str, int, float], None]:
     def observe(method: str, path: str, status: int, seconds: float) -> None:
-        surface = surface_of(path)
-        metrics.observe_request(surface, str(status), seconds)
+        contract = contract_of(path)
+        metrics.observe_request(contract, str(status), seconds)
         if path not in QUIET_PATHS:
             access_log.info(
                 "%s %s %d %.1f ms",
@@ -61,7 +41,7 @@ def _observer(metrics: Metrics) -> Callable[[str, str, int, float], None]:
                     "path": path,
                     "status": status,
                     "duration_ms": round(seconds * 1000, 3),
-                    "surface": surface,
+                    "surface": contract,
                     "request_id": request_id.get(),
                 },
             )
@@ -70,9 +50,21 @@ def _observer(metrics: Metrics) -> Callable[[str, str, int, float], None]:
 
 
 def create_http_app(
-    ranker: Ranker, is_ready: Callable[[], bool], in_flight: RequestsInFlight
+    *,
+    ranker: Ranker,
+    metrics: Metrics,
+    possible_joiner: Callable[[], AbstractContextManager[None]],
+    is_ready: Callable[[], bool],
+    in_flight: RequestsInFlight,
+    meta: Meta,
+    models: Sequence[str],
+    contract_truncate: str,
+    max_body_bytes: int,
+    body_timeout_s: float,
+    auth_token: str | None,
 ) -> FastAPI:
-    settings = ranker.settings
+    """``contract_truncate``: what the Weaviate and Cohere contracts send NIM for over-long
+    passages (the rerankers they come from cut them); the NIM routes keep NIM's semantics."""
     app = FastAPI(
         title="reranker-nvidia",
         version=__version__,
@@ -81,14 +73,10 @@ def create_http_app(
         redoc_url=None,
     )
     add_offline_docs(app)
-    # The Weaviate and Cohere contracts come from rerankers that cut over-long passages;
-    # NIM's own routes keep NIM's semantics (the request's truncate, else the server's).
-    truncate = settings.truncate or "END"
-    app.include_router(
-        http_weaviate.weaviate_router(ranker, describe(settings), is_ready, truncate)
-    )
-    app.include_router(http_nim.nim_router(ranker, served_models(settings)))
-    app.include_router(http_cohere.cohere_router(ranker, truncate))
+    install_error_handlers(app)
+    app.include_router(weaviate_router(ranker, meta, is_ready, contract_truncate))
+    app.include_router(nim_router(ranker, models))
+    app.include_router(cohere_router(ranker, contract_truncate))
 
     @app.get(
         "/metrics",
@@ -96,17 +84,16 @@ def create_http_app(
         response_class=PlainTextResponse,
         responses={200: {"content": {"text/plain": {}}}},
     )
-    async def metrics() -> Response:
-        return Response(ranker.metrics.render(), media_type=CONTENT_TYPE)
+    async def render_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     app.add_middleware(
         HttpGuard,
-        render=render_for_path,
-        max_body_bytes=settings.max_body_bytes,
-        body_timeout_s=settings.body_timeout_s,
+        max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout_s,
         in_flight=in_flight,
-        auth_token=settings.auth_token.get_secret_value() if settings.auth_token else None,
-        arriving=ranker.arriving,
-        observe=_observer(ranker.metrics),
+        auth_token=auth_token,
+        possible_joiner=possible_joiner,
+        observe=_observer(metrics),
     )
     return app

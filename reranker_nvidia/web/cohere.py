@@ -6,17 +6,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from reranker_nvidia.core import Ranker
-from reranker_nvidia.errors import RerankError
 from reranker_nvidia.web.options import (
     header_options,
     request_budget,
-    retry_headers,
-    shaped_errors,
 )
 
 # Cohere bills one search unit per query with up to 100 documents.
@@ -93,16 +89,10 @@ def nim_model(model: str | None) -> str | None:
     return None
 
 
-def render_error(error: RerankError) -> Response:
-    return JSONResponse(
-        {"message": error.message}, status_code=error.http_status, headers=retry_headers(error)
-    )
-
-
 def cohere_router(ranker: Ranker, truncate: str) -> APIRouter:
     """``truncate``: what NIM does with an over-long document unless the request says
     ``max_tokens_per_doc`` (then END); Cohere itself truncates."""
-    router = APIRouter(tags=["Cohere/Jina rerank API"], route_class=shaped_errors(render_error))
+    router = APIRouter(tags=["Cohere/Jina rerank API"])
 
     async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
         texts = [doc if isinstance(doc, str) else doc.text for doc in body.documents]

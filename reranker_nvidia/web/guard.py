@@ -35,9 +35,7 @@ from reranker_nvidia.core import (
     token_matches,
 )
 from reranker_nvidia.errors import ErrorCode, RerankError
-
-# Renders an error in the shape of the contract the path belongs to.
-PathErrorRenderer = Callable[[str, RerankError], Any]
+from reranker_nvidia.web.errors import error_response, internal_error
 
 _TOKEN_HEADER = TOKEN_HEADER.lower().encode()
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.lower().encode()
@@ -86,7 +84,6 @@ class RequestsInFlight:
 SHUTTING_DOWN = RerankError(
     ErrorCode.UNAVAILABLE,
     "the server stopped before this request finished; retry on another instance",
-    http_status=503,
     retry_after_s=1.0,
 )
 
@@ -96,20 +93,18 @@ class HttpGuard:
         self,
         app: ASGIApp,
         *,
-        render: PathErrorRenderer,
         max_body_bytes: int,
         body_timeout_s: float,
         auth_token: str | None,
-        arriving: Callable[[], AbstractContextManager[None]],
+        possible_joiner: Callable[[], AbstractContextManager[None]],
         observe: Callable[[str, str, int, float], None],
         in_flight: RequestsInFlight,
     ) -> None:
         self._app = app
-        self._arriving = arriving
+        self._possible_joiner = possible_joiner
         self._in_flight = in_flight
         self._body_timeout_s = body_timeout_s
         self._observe = observe
-        self._render = render
         self._max_body_bytes = max_body_bytes
         self._auth_token = auth_token
 
@@ -145,7 +140,7 @@ class HttpGuard:
             given = _header(scope, _TOKEN_HEADER)
             if not token_matches(self._auth_token, given):
                 error = RerankError(ErrorCode.UNAUTHENTICATED, MISSING_TOKEN_MESSAGE)
-                await self._render(path, error)(scope, receive, send)
+                await error_response(path, error)(scope, receive, send)
                 return
         try:
             body = await self._read_body(scope, receive)
@@ -153,21 +148,19 @@ class HttpGuard:
             error = RerankError(
                 ErrorCode.INVALID_ARGUMENT,
                 f"body: larger than {self._max_body_bytes} bytes (RERANKER_MAX_BODY_BYTES)",
-                http_status=413,
             )
-            await self._render(path, error)(scope, receive, send)
+            await error_response(path, error, 413)(scope, receive, send)
             return
         except _BodyTooSlow:
             error = RerankError(
                 ErrorCode.INVALID_ARGUMENT,
                 f"body: not received within {self._body_timeout_s:g} s (RERANKER_BODY_TIMEOUT_S)",
-                http_status=408,
             )
-            await self._render(path, error)(scope, receive, send)
+            await error_response(path, error, 408)(scope, receive, send)
             return
         if body is None:  # the caller left while sending
             return
-        with self._arriving():
+        with self._possible_joiner():
             await self._run_until_disconnect(scope, body, receive, send)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
@@ -246,7 +239,11 @@ class HttpGuard:
                 return
             if not (self._in_flight.stopping and handler.cancelled()) or answering:
                 raise
-            await self._render(scope["path"], SHUTTING_DOWN)(scope, receive, send)
+            await error_response(scope["path"], SHUTTING_DOWN)(scope, receive, send)
+        except Exception:
+            if answering:
+                raise
+            await internal_error(scope["path"])(scope, receive, send)
         finally:
             self._in_flight.discard(handler)
             watcher.cancel()

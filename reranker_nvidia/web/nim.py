@@ -12,12 +12,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from reranker_nvidia.core import Ranker
-from reranker_nvidia.errors import ErrorCode, RerankError
 from reranker_nvidia.nim_schema import (
     NimRanking,
     NimRankingResponse,
@@ -28,8 +26,6 @@ from reranker_nvidia.nim_schema import (
 from reranker_nvidia.web.options import (
     header_options,
     request_budget,
-    retry_headers,
-    shaped_errors,
 )
 
 # Hosted NIM's path for its first reranking model carries no model segment.
@@ -74,26 +70,9 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-NO_KEY_HINT = "; on this route send the key as Authorization: Bearer <key>"
-
-
-def render_error(error: RerankError) -> Response:
-    """NIM's error shapes: ``{"detail": [{"msg": ...}]}`` for 422, ``{"detail": "..."}`` else."""
-    status = error.upstream_status or error.http_status
-    if error.code is ErrorCode.INVALID_ARGUMENT:
-        status = 422 if status == 400 else status
-    if status == 422:
-        body: object = {"detail": [{"type": "value_error", "loc": ["body"], "msg": error.message}]}
-    elif error.code is ErrorCode.UNAUTHENTICATED:
-        body = {"detail": error.message + NO_KEY_HINT}
-    else:
-        body = {"detail": error.message}
-    return JSONResponse(body, status_code=status, headers=retry_headers(error))
-
-
 def nim_router(ranker: Ranker, models: Sequence[str]) -> APIRouter:
     """``models``: what ``GET /v1/models`` lists, the default first."""
-    router = APIRouter(tags=["NVIDIA NIM ranking API"], route_class=shaped_errors(render_error))
+    router = APIRouter(tags=["NVIDIA NIM ranking API"])
     model_list = ModelList(
         data=[
             ModelCard(

@@ -1,24 +1,15 @@
-"""What the HTTP surfaces share: per-request options from headers, and error plumbing.
-
-Each surface renders errors in its own shape: its router uses ``shaped_errors(render)`` as
-its route class; validation failures and
-``RerankError`` from the core then reach ``render`` instead of FastAPI's defaults, so a
-Weaviate client gets ``{"error": ...}`` and a NIM client ``{"detail": ...}``.
-"""
+"""What the HTTP contracts read from a request's headers: the key, the base URL, and how long
+the caller will wait."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable
 
 from fastapi import Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
 
 from reranker_nvidia.core import RankOptions, usable_key
-from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
+from reranker_nvidia.errors import RerankError, invalid_argument
 
 log = logging.getLogger("reranker_nvidia.http")
 
@@ -61,54 +52,3 @@ def _bearer_token(authorization: str | None) -> str | None:
         return None
     scheme, _, token = authorization.strip().partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def validation_message(errors: Sequence[Any]) -> str:
-    """``field.path: what is wrong`` for each problem pydantic found in a request body."""
-    problems = []
-    for error in errors:
-        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
-        where = ".".join(loc) or "body"
-        if error.get("type") == "json_invalid":
-            problems.append("body: not valid JSON")
-        elif not loc and error.get("type") in ("model_attributes_type", "dict_type"):
-            problems.append("body: must be a JSON object sent with Content-Type: application/json")
-        else:
-            problems.append(f"{where}: {error.get('msg', 'invalid')}")
-    return "; ".join(problems) or "invalid request body"
-
-
-def shaped_errors(render: ErrorRenderer) -> type[APIRoute]:
-    class ShapedErrorRoute(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            handler = super().get_route_handler()
-
-            async def handle(request: Request) -> Response:
-                try:
-                    return await handler(request)
-                except RequestValidationError as exc:
-                    return render(invalid_argument(validation_message(exc.errors())))
-                except HTTPException as exc:
-                    # FastAPI's own refusals, e.g. a body that is not UTF-8.
-                    return render(
-                        RerankError(
-                            ErrorCode.INVALID_ARGUMENT,
-                            f"body: {exc.detail}" if exc.status_code == 400 else str(exc.detail),
-                            http_status=exc.status_code,
-                        )
-                    )
-                except RerankError as exc:
-                    return render(exc)
-                except Exception:
-                    log.exception("unhandled error on %s %s", request.method, request.url.path)
-                    return render(RerankError(ErrorCode.INTERNAL, "internal error"))
-
-            return handle
-
-    return ShapedErrorRoute
-
-
-def retry_headers(error: RerankError) -> dict[str, str]:
-    if error.retry_after_s is None:
-        return {}
-    return {"Retry-After": str(max(1, round(error.retry_after_s)))}

@@ -10,17 +10,14 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from reranker_nvidia.core import Ranker
-from reranker_nvidia.errors import RerankError, invalid_argument
+from reranker_nvidia.errors import invalid_argument
 from reranker_nvidia.types import Meta
 from reranker_nvidia.web.options import (
     header_options,
     request_budget,
-    retry_headers,
-    shaped_errors,
 )
 
 # Weaviate splits a rerank into chunks of this many documents and sends them in parallel: a
@@ -52,18 +49,12 @@ class WeaviateError(BaseModel):
     error: str
 
 
-def render_error(error: RerankError) -> Response:
-    return JSONResponse(
-        {"error": error.message}, status_code=error.http_status, headers=retry_headers(error)
-    )
-
-
 def weaviate_router(
     ranker: Ranker, meta: Meta, is_ready: Callable[[], bool], truncate: str
 ) -> APIRouter:
     """``truncate``: what NIM does with an over-long passage; Weaviate never says, and the
     cross-encoder this contract comes from truncates."""
-    router = APIRouter(tags=["Weaviate sidecar"], route_class=shaped_errors(render_error))
+    router = APIRouter(tags=["Weaviate sidecar"])
 
     @router.get("/.well-known/live", status_code=204, summary="Liveness")
     async def live() -> Response:

@@ -1,0 +1,104 @@
+"""The composition root: every part of the core, built once from the settings, each handed
+only what it uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reranker_nvidia.core.admission import Admission
+from reranker_nvidia.core.caller import UpstreamCaller
+from reranker_nvidia.core.coalescer import Coalescer
+from reranker_nvidia.core.metrics import Metrics
+from reranker_nvidia.core.ranker import Ranker, RequestLimits
+from reranker_nvidia.core.retry import RetryPolicy
+from reranker_nvidia.core.score_cache import ScoreCache
+from reranker_nvidia.core.ssrf import Resolver, system_resolver
+from reranker_nvidia.core.targets import RankOptions, TargetResolver
+from reranker_nvidia.core.upstream import NimClient
+from reranker_nvidia.core.verified_keys import VerifiedKeys
+from reranker_nvidia.settings import Settings
+
+
+@dataclass(frozen=True)
+class Core:
+    """The parts the surfaces and the server work with."""
+
+    ranker: Ranker
+    admission: Admission
+    coalescer: Coalescer
+    caller: UpstreamCaller
+    cache: ScoreCache
+    metrics: Metrics
+
+    async def aclose(self) -> None:
+        await self.caller.aclose()
+
+
+def build_core(settings: Settings, *, resolver: Resolver = system_resolver) -> Core:
+    secrets = [
+        secret.get_secret_value()
+        for secret in (settings.api_key, settings.auth_token)
+        if secret is not None
+    ]
+    metrics = Metrics()
+    verified_keys = VerifiedKeys(ttl_s=settings.cache_ttl_s)
+    caller = UpstreamCaller(
+        NimClient(
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            max_connections=settings.upstream_concurrency,
+            max_answer_bytes=settings.max_upstream_bytes,
+            resolver=resolver,
+            secrets=secrets,
+        ),
+        retry=RetryPolicy(
+            settings.max_retries, settings.retry_base_delay_s, settings.retry_max_delay_s
+        ),
+        concurrency=settings.upstream_concurrency,
+        attempt_timeout_s=settings.upstream_timeout_s,
+        metrics=metrics,
+        verified_keys=verified_keys,
+    )
+    coalescer = Coalescer(
+        caller.call,
+        max_passages=settings.max_passages_per_call,
+        window_s=settings.coalesce_window_ms / 1000,
+    )
+    cache = ScoreCache(
+        max_entries=settings.cache_size,
+        max_bytes=settings.cache_max_bytes,
+        ttl_s=settings.cache_ttl_s,
+    )
+    admission = Admission(settings.max_in_flight)
+    ranker = Ranker(
+        targets=TargetResolver(
+            defaults=RankOptions(
+                model=settings.model, base_url=settings.base_url, truncate=settings.truncate
+            ),
+            server_key=settings.server_key(),
+            trusted_base_urls=(settings.base_url, *settings.allowed_base_urls),
+        ),
+        limits=RequestLimits(
+            max_documents=settings.max_documents,
+            max_properties=settings.max_properties,
+            max_text_bytes=settings.max_text_bytes,
+            request_timeout_s=settings.request_timeout_s,
+        ),
+        cache=cache,
+        cache_scope=settings.cache_scope,
+        verified_keys=verified_keys,
+        coalescer=coalescer,
+        admission=admission,
+        secrets=secrets,
+    )
+    metrics.read_at_scrape(
+        lambda: {
+            "reranker_cache_hits": cache.hits,
+            "reranker_cache_misses": cache.misses,
+            "reranker_coalesced_requests": coalescer.coalesced_requests,
+            "reranker_coalesced_passages": coalescer.coalesced_passages,
+            "reranker_requests_in_flight": admission.in_flight,
+            "reranker_cache_entries": len(cache),
+            "reranker_cache_bytes": cache.size_bytes,
+        }
+    )
+    return Core(ranker, admission, coalescer, caller, cache, metrics)

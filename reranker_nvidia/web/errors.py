@@ -1,0 +1,136 @@
+"""One error path for every HTTP contract: which contract a path belongs to, the HTTP status
+of a failure, and the shape each contract gives it (``{"error"}`` for Weaviate, ``{"detail"}``
+for NIM, ``{"message"}`` for Cohere). FastAPI's exception handlers and the guard both answer
+through ``error_response``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
+
+log = logging.getLogger("reranker_nvidia.http")
+
+Contract = Literal["weaviate", "nim", "cohere", "other"]
+COHERE_PATHS = frozenset({"/v1/rerank", "/v2/rerank"})
+
+_STATUS = {
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.FAILED_PRECONDITION: 402,
+    ErrorCode.RESOURCE_EXHAUSTED: 429,
+    ErrorCode.UNAVAILABLE: 502,
+    ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+def contract_of(path: str) -> Contract:
+    if path in COHERE_PATHS:
+        return "cohere"
+    if path.startswith("/v1/"):
+        return "nim"
+    if path == "/rerank":
+        return "weaviate"
+    return "other"
+
+
+def http_status(error: RerankError) -> int:
+    """NIM's own 4xx where NIM refused; 502 for NIM's 5xx; 503 when the sidecar itself asks
+    for a retry later (over its in-flight limit, or stopping); else by the error's code."""
+    if error.upstream_status is not None:
+        return error.upstream_status if 400 <= error.upstream_status < 500 else 502
+    if error.retry_after_s is not None and error.code in (
+        ErrorCode.RESOURCE_EXHAUSTED,
+        ErrorCode.UNAVAILABLE,
+    ):
+        return 503
+    return _STATUS[error.code]
+
+
+def retry_headers(error: RerankError) -> dict[str, str]:
+    if error.retry_after_s is None:
+        return {}
+    return {"Retry-After": str(max(1, round(error.retry_after_s)))}
+
+
+def error_response(path: str, error: RerankError, status: int | None = None) -> Response:
+    """``error`` in the shape of the contract ``path`` belongs to, with ``status`` (default:
+    ``http_status(error)``)."""
+    contract = contract_of(path)
+    if status is None:
+        # The NIM-compatible routes answer with NIM's own status, a 503 from NIM included.
+        status = (contract == "nim" and error.upstream_status) or http_status(error)
+    body: object
+    if contract == "nim":
+        if error.code is ErrorCode.INVALID_ARGUMENT and status == 400:
+            status = 422
+        if status == 422:
+            body = {"detail": [{"type": "value_error", "loc": ["body"], "msg": error.message}]}
+        elif error.code is ErrorCode.UNAUTHENTICATED:
+            body = {"detail": error.message + NIM_NO_KEY_HINT}
+        else:
+            body = {"detail": error.message}
+    elif contract == "cohere":
+        body = {"message": error.message}
+    else:
+        body = {"error": error.message}
+    return JSONResponse(body, status_code=status, headers=retry_headers(error))
+
+
+NIM_NO_KEY_HINT = "; on this route send the key as Authorization: Bearer <key>"
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """``field.path: what is wrong`` for each problem pydantic found in a request body."""
+    problems = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+        where = ".".join(loc) or "body"
+        if error.get("type") == "json_invalid":
+            problems.append("body: not valid JSON")
+        elif not loc and error.get("type") in ("model_attributes_type", "dict_type"):
+            problems.append("body: must be a JSON object")
+        else:
+            problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(problems) or "invalid request body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every failure a route raises is answered in its contract's shape."""
+
+    async def rerank_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RerankError)
+        return error_response(request.url.path, exc)
+
+    async def invalid_body(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(request.url.path, invalid_argument(validation_message(exc.errors())))
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        # FastAPI's and Starlette's own refusals: a body that is not UTF-8, 404, 405.
+        assert isinstance(exc, HTTPException)
+        message = f"body: {exc.detail}" if exc.status_code == 400 else str(exc.detail)
+        error = RerankError(ErrorCode.INVALID_ARGUMENT, message)
+        return error_response(request.url.path, error, exc.status_code)
+
+    handlers: dict[type[Exception], Callable[[Request, Exception], Any]] = {
+        RerankError: rerank_error,
+        RequestValidationError: invalid_body,
+        HTTPException: refused,
+    }
+    for exception, handler in handlers.items():
+        app.add_exception_handler(exception, handler)
+
+
+def internal_error(path: str) -> Response:
+    log.exception("unhandled error on %s", path)
+    return error_response(path, RerankError(ErrorCode.INTERNAL, "internal error"))
