@@ -41,12 +41,12 @@ demo: $(RUNTIME)
 	$(BIN)/python -m reranker_nvidia.demo
 
 bench: $(DEV)
-	$(BIN)/python bench/bench.py
+	$(BIN)/python -m bench.bench
 
 SOAK_SECONDS ?= 60
 SOAK_RATE ?= 50
 soak: $(DEV)
-	$(BIN)/python bench/soak.py --duration $(SOAK_SECONDS) --rate $(SOAK_RATE)
+	$(BIN)/python -m bench.soak --duration $(SOAK_SECONDS) --rate $(SOAK_RATE)
 
 test: $(DEV)
 	$(BIN)/python -m pytest

@@ -1,6 +1,6 @@
 """The sidecar's cost on top of NIM, measured against the NIM emulator on loopback.
 
-    python bench/bench.py [--runs 3] [--quick]
+    python -m bench.bench [--runs 3] [--quick]
 
 Starts two emulators (one answering at once, one after 50 ms) and a sidecar in front of
 each, all as processes of their own, then measures, each row a median over ``--runs`` runs:
@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from processes import (
+
+from bench.processes import (
     EMULATOR_READY,
     SERVE,
     SIDECAR_READY,
@@ -43,7 +44,6 @@ from processes import (
     rss_mib,
     running,
 )
-
 from reranker_nvidia.client import AsyncRerankerClient
 from reranker_nvidia.server.assembly import build_core
 from reranker_nvidia.settings import Settings
@@ -379,10 +379,10 @@ async def main_async(runs: int, quick: bool) -> dict[str, Any]:
         fast_env = {**env, "RERANKER_BASE_URL": f"http://127.0.0.1:{fast[1]}"}
         slow_env = {**env, "RERANKER_BASE_URL": f"http://127.0.0.1:{slow[1]}"}
         with (
-            running(SERVE, fast_env, SIDECAR_READY) as (pid, sidecar),
+            running(SERVE, fast_env, SIDECAR_READY) as (process, sidecar),
             running(SERVE, slow_env, SIDECAR_READY) as (_, slow_sidecar),
         ):
-            return await _measure_all(runs, quick, fast, slow, sidecar, slow_sidecar, pid)
+            return await _measure_all(runs, quick, fast, slow, sidecar, slow_sidecar, process.pid)
 
 
 async def _measure_all(

@@ -52,30 +52,51 @@ def _script() -> str:
     return str(local) if local.exists() else shutil.which("reranker-nvidia") or "reranker-nvidia"
 
 
+SCRIPT = _script()
+
+
 @contextmanager
 def running(
-    args: list[str], env: dict[str, str], ready: str
-) -> Iterator[tuple[int, re.Match[str]]]:
-    """``reranker-nvidia ARGS`` once it printed a line matching ``ready``: (pid, match)."""
+    args: list[str], env: dict[str, str], ready: str, transcript: list[str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], re.Match[str]]]:
+    """``reranker-nvidia ARGS`` as a process, once it printed a line matching ``ready``:
+    (the process, the match).
+
+    Every line it prints goes to ``transcript`` when one is given (and is read and dropped
+    otherwise: a full pipe would stop it at its next log line). The process is terminated on
+    the way out, and killed if it does not stop.
+    """
     child = subprocess.Popen(
-        [_script(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [SCRIPT, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert child.stdout is not None
+    lines: list[str] | deque[str] = transcript if transcript is not None else deque(maxlen=50)
+    reader: threading.Thread | None = None
     try:
         deadline = time.monotonic() + 30
         match = None
-        for line in child.stdout:
-            match = re.search(ready, line)
-            if match or time.monotonic() > deadline:
+        while match is None and time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
                 break
+            lines.append(line)
+            match = re.search(ready, line)
         if match is None:
-            raise SystemExit(f"{args[0]} did not start")
-        # Keep reading what it prints: a full pipe would stop it at its next log line.
-        threading.Thread(target=lambda: deque(child.stdout or (), maxlen=0), daemon=True).start()
-        yield child.pid, match
+            raise RuntimeError(f"{args[0]} did not start:\n{''.join(lines)}")
+        reader = threading.Thread(target=lambda: lines.extend(child.stdout or ()), daemon=True)
+        reader.start()
+        yield child, match
     finally:
-        child.terminate()
-        child.wait(15)
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(5)
+        if reader is not None:
+            reader.join(5)
+        child.stdout.close()
 
 
 def rss_mib(pid: int) -> float:

@@ -11,7 +11,7 @@ latency and the sidecar's resident memory at the start and the end. Then two hos
 - a hostile upstream: an allow-listed "NIM" that answers with bodies far over
   RERANKER_MAX_UPSTREAM_BYTES (a huge ranking, a huge JSON error); each must be a 502.
 
-    python bench/soak.py [--duration 60] [--rate 50]
+    python -m bench.soak [--duration 60] [--rate 50]
 
 Exits 1 if any request failed unexpectedly, a hostile phase did not hold, or the sidecar's RSS
 went over RSS_BOUND_MIB. Only loopback addresses are used.
@@ -30,7 +30,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
-from processes import (
+
+from bench.processes import (
     EMULATOR_READY,
     SERVE,
     SIDECAR_READY,
@@ -39,7 +40,6 @@ from processes import (
     rss_mib,
     running,
 )
-
 from reranker_nvidia.client import AsyncRerankerClient
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.types import Hit, SearchType
@@ -86,8 +86,8 @@ async def soak(duration_s: float, rate: float, seed: int) -> int:
     try:
         with running(["emulate-nim", "--port", "0"], env, EMULATOR_READY) as (_, emulator):
             env["RERANKER_BASE_URL"] = f"http://127.0.0.1:{emulator[1]}"
-            with running(SERVE, env, SIDECAR_READY) as (pid, sidecar):
-                rss = RssWatch(pid)
+            with running(SERVE, env, SIDECAR_READY) as (process, sidecar):
+                rss = RssWatch(process.pid)
                 failed = await _soak(duration_s, rate, rss, sidecar)
                 failed |= await _slow_clients(rss, sidecar)
                 failed |= await _hostile_phase(rss, sidecar, hostile_url)

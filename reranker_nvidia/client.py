@@ -9,7 +9,8 @@ Failures raise ``RerankError`` with the server's code and message.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -139,12 +140,10 @@ class _Requests:
         )
 
 
-class RerankerClient:
-    """Blocking client. ``api_key`` and ``base_url`` apply to every call unless a call overrides.
+class _Client:
+    """What both clients share: the channel, the stub, the per-call options."""
 
-    ``tls`` (or ``root_certificates``, PEM bytes of the CA to trust) connects over TLS;
-    ``token`` is the sidecar's caller token when it requires one.
-    """
+    _channels: Any = grpc
 
     def __init__(
         self,
@@ -156,19 +155,37 @@ class RerankerClient:
         tls: bool = False,
         root_certificates: bytes | None = None,
         token: str | None = None,
-        channel: grpc.Channel | None = None,
+        channel: Any = None,
     ) -> None:
         if channel is None:
             credentials = _credentials(tls, root_certificates)
             channel = (
-                grpc.secure_channel(target, credentials, CHANNEL_OPTIONS)
+                self._channels.secure_channel(target, credentials, CHANNEL_OPTIONS)
                 if credentials is not None
-                else grpc.insecure_channel(target, CHANNEL_OPTIONS)
+                else self._channels.insecure_channel(target, CHANNEL_OPTIONS)
             )
         self._channel = channel
-        self._stub = pb_grpc.RerankerServiceStub(self._channel)
+        self._stub = pb_grpc.RerankerServiceStub(channel)
         self._requests = _Requests(api_key, base_url, token)
         self._timeout_s = timeout_s
+
+
+@contextlib.contextmanager
+def _rerank_errors() -> Iterator[None]:
+    """A failed call as a ``RerankError`` with the server's code and message."""
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise error_from_rpc(error) from None
+
+
+class RerankerClient(_Client):
+    """Blocking client. ``api_key`` and ``base_url`` apply to every call unless a call overrides.
+
+    ``tls`` (or ``root_certificates``, PEM bytes of the CA to trust) connects over TLS;
+    ``token`` is the sidecar's caller token when it requires one; ``channel`` replaces the
+    channel the client would open.
+    """
 
     def rank(
         self,
@@ -182,14 +199,9 @@ class RerankerClient:
         api_key: str | None = None,
     ) -> RankedDocuments:
         request = _Requests.rank(query, documents, model, truncate, top_n)
-        try:
-            response = self._stub.Rank(
-                request,
-                metadata=self._requests.metadata(api_key, base_url),
-                timeout=self._timeout_s,
-            )
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from None
+        metadata = self._requests.metadata(api_key, base_url)
+        with _rerank_errors():
+            response = self._stub.Rank(request, metadata=metadata, timeout=self._timeout_s)
         return _Requests.ranked(response, documents)
 
     def rerank(
@@ -206,23 +218,17 @@ class RerankerClient:
         api_key: str | None = None,
     ) -> RerankedHits:
         request = _Requests.rerank(hits, properties, query, model, truncate, top_n, module_config)
-        try:
-            response = self._stub.Rerank(
-                request,
-                metadata=self._requests.metadata(api_key, base_url),
-                timeout=self._timeout_s,
-            )
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from None
+        metadata = self._requests.metadata(api_key, base_url)
+        with _rerank_errors():
+            response = self._stub.Rerank(request, metadata=metadata, timeout=self._timeout_s)
         return _Requests.reranked(response, hits)
 
     def meta(self) -> Meta:
-        try:
+        metadata = self._requests.metadata()
+        with _rerank_errors():
             response = self._stub.GetMeta(
-                pb.GetMetaRequest(), metadata=self._requests.metadata(), timeout=self._timeout_s
+                pb.GetMetaRequest(), metadata=metadata, timeout=self._timeout_s
             )
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from None
         return _Requests.meta(response)
 
     def close(self) -> None:
@@ -235,32 +241,10 @@ class RerankerClient:
         self.close()
 
 
-class AsyncRerankerClient:
+class AsyncRerankerClient(_Client):
     """asyncio client with the same calls and options as ``RerankerClient``."""
 
-    def __init__(
-        self,
-        target: str = "localhost:50051",
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        timeout_s: float | None = None,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        token: str | None = None,
-        channel: grpc.aio.Channel | None = None,
-    ) -> None:
-        if channel is None:
-            credentials = _credentials(tls, root_certificates)
-            channel = (
-                grpc.aio.secure_channel(target, credentials, CHANNEL_OPTIONS)
-                if credentials is not None
-                else grpc.aio.insecure_channel(target, CHANNEL_OPTIONS)
-            )
-        self._channel = channel
-        self._stub = pb_grpc.RerankerServiceStub(self._channel)
-        self._requests = _Requests(api_key, base_url, token)
-        self._timeout_s = timeout_s
+    _channels = grpc.aio
 
     async def rank(
         self,
@@ -274,14 +258,9 @@ class AsyncRerankerClient:
         api_key: str | None = None,
     ) -> RankedDocuments:
         request = _Requests.rank(query, documents, model, truncate, top_n)
-        try:
-            response = await self._stub.Rank(
-                request,
-                metadata=self._requests.metadata(api_key, base_url),
-                timeout=self._timeout_s,
-            )
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from None
+        metadata = self._requests.metadata(api_key, base_url)
+        with _rerank_errors():
+            response = await self._stub.Rank(request, metadata=metadata, timeout=self._timeout_s)
         return _Requests.ranked(response, documents)
 
     async def rerank(
@@ -298,23 +277,17 @@ class AsyncRerankerClient:
         api_key: str | None = None,
     ) -> RerankedHits:
         request = _Requests.rerank(hits, properties, query, model, truncate, top_n, module_config)
-        try:
-            response = await self._stub.Rerank(
-                request,
-                metadata=self._requests.metadata(api_key, base_url),
-                timeout=self._timeout_s,
-            )
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from None
+        metadata = self._requests.metadata(api_key, base_url)
+        with _rerank_errors():
+            response = await self._stub.Rerank(request, metadata=metadata, timeout=self._timeout_s)
         return _Requests.reranked(response, hits)
 
     async def meta(self) -> Meta:
-        try:
+        metadata = self._requests.metadata()
+        with _rerank_errors():
             response = await self._stub.GetMeta(
-                pb.GetMetaRequest(), metadata=self._requests.metadata(), timeout=self._timeout_s
+                pb.GetMetaRequest(), metadata=metadata, timeout=self._timeout_s
             )
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from None
         return _Requests.meta(response)
 
     async def close(self) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from reranker_nvidia.core.endpoints import normalise_model
 from reranker_nvidia.nim_schema import NIM_MAX_PASSAGES, NimTruncate
 
 DEFAULT_MODEL = "nvidia/rerank-qa-mistral-4b"
@@ -109,9 +110,15 @@ class Settings(BaseSettings):
     @field_validator("model")
     @classmethod
     def _model_is_named(cls, value: str) -> str:
+        """Normalised once, here: every part reads the model as NIM's body wants it."""
         if not value.strip():
             raise ValueError("RERANKER_MODEL must name a model, e.g. " + DEFAULT_MODEL)
-        return value.strip()
+        return normalise_model(value)
+
+    @field_validator("models")
+    @classmethod
+    def _models_are_normalised(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalise_model(model) for model in value)
 
     @field_validator("allowed_base_urls", "models", mode="before")
     @classmethod

@@ -8,16 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import os
-import re
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from reranker_nvidia.emulator import EmulatorState, create_emulator_app
@@ -27,9 +20,11 @@ from reranker_nvidia.settings import Settings
 
 T = TypeVar("T")
 
-SCRIPT = str(Path(sys.executable).parent / "reranker-nvidia")
-SERVE = ["serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
-SERVING = r"serving HTTP on 127\.0\.0\.1:(\d+) and gRPC on 127\.0\.0\.1:(\d+)"
+# The one helper for running the console script, shared with the benchmark and the soak.
+from bench.processes import SCRIPT, SERVE, clean_environment, running  # noqa: E402
+from bench.processes import SIDECAR_READY as SERVING  # noqa: E402
+
+__all__ = ["SCRIPT", "SERVE", "SERVING", "clean_environment", "running"]
 SERVER_KEY = "nvapi-server-key-0123456789"
 REQUEST_KEY = "nvapi-request-key-9876543210"
 
@@ -149,52 +144,6 @@ def sidecar_settings(upstream_url: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
-
-
-def clean_environment() -> dict[str, str]:
-    """This process's environment without any key or setting of the developer's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NVIDIA_", "RERANKER_"))}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-@contextlib.contextmanager
-def running(
-    args: list[str], env: dict[str, str], ready: str, transcript: list[str] | None = None
-) -> Iterator[tuple[subprocess.Popen[str], re.Match[str]]]:
-    """``reranker-nvidia ARGS`` as a process, once it printed a line matching ``ready``.
-
-    Every line it prints goes to ``transcript`` when one is given. The process is killed on
-    the way out if it is still running.
-    """
-    process = subprocess.Popen(
-        [SCRIPT, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert process.stdout is not None
-    reader: threading.Thread | None = None
-    try:
-        deadline = time.monotonic() + 30
-        seen: list[str] = transcript if transcript is not None else []
-        match = None
-        while match is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            match = re.search(ready, line)
-        if match is None:
-            raise AssertionError(f"{args[0]} did not start:\n{''.join(seen)}")
-        # Keep reading what it prints: a full pipe would stop it at its next log line.
-        reader = threading.Thread(target=lambda: seen.extend(process.stdout or ()), daemon=True)
-        reader.start()
-        yield process, match
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-        if reader is not None:
-            reader.join(5)
-        process.stdout.close()
 
 
 async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:

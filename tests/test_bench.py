@@ -11,13 +11,14 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench.py"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_a_quick_bench_writes_every_row(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
     result = subprocess.run(
-        [sys.executable, str(BENCH), "--runs", "1", "--quick", "--output", str(output)],
+        [sys.executable, "-m", "bench.bench", "--runs", "1", "--quick", "--output", str(output)],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 
+from tests.support import clean_environment
+
 
 def test_demo_reranks_through_every_surface() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NVIDIA_", "RERANKER_"))}
     result = subprocess.run(
         [sys.executable, "-m", "reranker_nvidia.demo"],
-        env=env,
+        env=clean_environment(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -11,12 +11,13 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_a_short_soak_reports_requests_errors_and_rss() -> None:
     result = subprocess.run(
-        [sys.executable, str(SOAK), "--duration", "2", "--rate", "20"],
+        [sys.executable, "-m", "bench.soak", "--duration", "2", "--rate", "20"],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reranker_nvidia import __version__
-from reranker_nvidia.core.endpoints import KNOWN_MODELS, normalise_model, resolve_endpoint
+from reranker_nvidia.core.endpoints import KNOWN_MODELS, resolve_endpoint
 from reranker_nvidia.core.redaction import redact_url
 from reranker_nvidia.settings import Settings
 from reranker_nvidia.types import Meta
@@ -12,7 +12,7 @@ NAME = "reranker-nvidia"
 
 
 def describe(settings: Settings) -> Meta:
-    model = normalise_model(settings.model)
+    model = settings.model
     return Meta(
         name=NAME,
         version=__version__,
@@ -29,4 +29,4 @@ def served_models(settings: Settings) -> list[str]:
     """Model ids the sidecar offers: the default first, then ``RERANKER_MODELS``, then every
     reranking model NIM is known to serve; each once."""
     ids = (settings.model, *settings.models, *KNOWN_MODELS)
-    return list(dict.fromkeys(normalise_model(model) for model in ids if model.strip()))
+    return list(dict.fromkeys(ids))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from reranker_nvidia import __version__
-from reranker_nvidia.core.endpoints import is_hosted, normalise_model, resolve_endpoint
+from reranker_nvidia.core.endpoints import is_hosted, resolve_endpoint
 from reranker_nvidia.core.redaction import redact_url
 from reranker_nvidia.settings import KEY_VARIABLES, Settings
 
@@ -33,7 +33,7 @@ def key_source(settings: Settings) -> str | None:
 
 def summary(settings: Settings, http_port: int, grpc_port: int) -> str:
     """The start-up block: where it listens and what it will do, never the key."""
-    model = normalise_model(settings.model)
+    model = settings.model
     source = key_source(settings)
     if settings.truncate is None:
         truncation = (

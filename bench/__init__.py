@@ -1,0 +1,1 @@
+"""The benchmark and the soak, run as ``python -m bench.bench`` and ``python -m bench.soak``."""
