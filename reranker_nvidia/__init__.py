@@ -8,33 +8,16 @@ protobuf only. The server (``reranker-nvidia serve``) is built from the subpacka
 
 __version__ = "0.1.0"
 
+from reranker_nvidia import types
 from reranker_nvidia.client import AsyncRerankerClient, RerankerClient
 from reranker_nvidia.errors import ErrorCode, RerankError
-from reranker_nvidia.types import (
-    Hit,
-    Meta,
-    RankedDocuments,
-    RerankedHit,
-    RerankedHits,
-    ScoredDocument,
-    SearchType,
-    Truncate,
-    Usage,
-)
+from reranker_nvidia.types import *  # noqa: F403
 
 __all__ = [
     "AsyncRerankerClient",
     "ErrorCode",
-    "Hit",
-    "Meta",
-    "RankedDocuments",
     "RerankError",
-    "RerankedHit",
-    "RerankedHits",
     "RerankerClient",
-    "ScoredDocument",
-    "SearchType",
-    "Truncate",
-    "Usage",
     "__version__",
+    *types.__all__,
 ]

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from reranker_nvidia import __version__
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.nim_schema import TRUNCATE_VALUES
 from reranker_nvidia.server import logs
-from reranker_nvidia.server.startup import StartupError
+from reranker_nvidia.server.startup import StartupError, stop_signal
 from reranker_nvidia.settings import KEY_VARIABLES, Settings
 
 PROTO_FILE = "reranker_service.proto"
@@ -49,9 +48,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rank = commands.add_parser(
         "rank",
+        formatter_class=defaults,
         help="rank documents through a running sidecar (gRPC)",
         description="Rank documents for a query through a running sidecar, best first.",
-        formatter_class=defaults,
     )
     rank.add_argument("--target", default="localhost:50051", help="the sidecar's gRPC HOST:PORT")
     rank.add_argument("--query", required=True, help="what the documents are ranked against")
@@ -84,9 +83,9 @@ def _parser() -> argparse.ArgumentParser:
 
     emulate = commands.add_parser(
         "emulate-nim",
-        help="run the NIM ranking API emulator (lexical scoring, for tests and offline use)",
-        description="Run a NIM ranking API emulator: NIM's shapes and checks, lexical scores.",
         formatter_class=defaults,
+        description="Run a NIM ranking API emulator: NIM's shapes and checks, lexical scores.",
+        help="run the NIM ranking API emulator (lexical scoring, for tests and offline use)",
     )
     emulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
     emulate.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
@@ -241,10 +240,7 @@ def _emulate(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         server = AsgiServer(create_emulator_app(state), args.host, args.port, log_level="info")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        stop = stop_signal()
         try:
             await server.start()
         except OSError as error:

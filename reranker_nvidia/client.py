@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -26,6 +26,7 @@ from reranker_nvidia.messages import (
     usage_from_proto,
 )
 from reranker_nvidia.types import (
+    CallOptions,
     Hit,
     Meta,
     RankedDocuments,
@@ -35,6 +36,9 @@ from reranker_nvidia.types import (
 )
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 # Rerank answers carry the hits back; allow answers as large as the server accepts requests.
 CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 64 * 1024 * 1024),)
@@ -46,6 +50,16 @@ def _credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCred
     return grpc.ssl_channel_credentials(root_certificates)
 
 
+Metadata = tuple[tuple[str, str], ...]
+
+
+def _options(options: CallOptions) -> pb.RankOptions:
+    unknown = set(options) - set(CallOptions.__annotations__)
+    if unknown:
+        raise TypeError(f"unknown call options: {', '.join(sorted(unknown))}")
+    return options_to_proto(options.get("model"), options.get("truncate"))
+
+
 class _Requests:
     """Builds requests and reads responses; shared by the sync and async clients."""
 
@@ -54,9 +68,7 @@ class _Requests:
         self._base_url = base_url
         self._token = token
 
-    def metadata(
-        self, api_key: str | None = None, base_url: str | None = None
-    ) -> tuple[tuple[str, str], ...]:
+    def metadata(self, api_key: str | None = None, base_url: str | None = None) -> Metadata:
         pairs: list[tuple[str, str]] = []
         if self._token:
             pairs.append((TOKEN_METADATA, self._token))
@@ -66,55 +78,50 @@ class _Requests:
             pairs.append((BASE_URL_METADATA, url))
         return tuple(pairs)
 
-    @staticmethod
     def rank(
-        query: str,
-        documents: Sequence[str],
-        model: str | None,
-        truncate: str | None,
-        top_n: int | None,
-    ) -> pb.RankRequest:
-        return pb.RankRequest(
-            query=query,
-            documents=documents,
-            options=options_to_proto(model, truncate),
-            top_n=top_n,
+        self, query: str, documents: Sequence[str], top_n: int | None, options: CallOptions
+    ) -> tuple[pb.RankRequest, Metadata]:
+        request = pb.RankRequest(
+            query=query, documents=documents, options=_options(options), top_n=top_n
         )
+        return request, self.metadata(options.get("api_key"), options.get("base_url"))
 
     @staticmethod
     def ranked(response: pb.RankResponse, documents: Sequence[str]) -> RankedDocuments:
         return RankedDocuments(
-            [
+            model=response.model,
+            usage=usage_from_proto(response.usage),
+            documents=[
                 ScoredDocument(result.index, result.score, documents[result.index])
                 for result in response.results
             ],
-            response.model,
-            usage_from_proto(response.usage),
         )
 
-    @staticmethod
     def rerank(
+        self,
         hits: Sequence[Hit],
         properties: Sequence[str],
         query: str,
-        model: str | None,
-        truncate: str | None,
         top_n: int | None,
         module_config: Mapping[str, Any] | None,
-    ) -> pb.RerankRequest:
-        return pb.RerankRequest(
+        options: CallOptions,
+    ) -> tuple[pb.RerankRequest, Metadata]:
+        request = pb.RerankRequest(
             hits=[hit_to_proto(hit) for hit in hits],
             properties=properties,
             query=query,
             top_n=top_n,
             module_config=dict_to_struct(module_config or {}),
-            options=options_to_proto(model, truncate),
+            options=_options(options),
         )
+        return request, self.metadata(options.get("api_key"), options.get("base_url"))
 
     @staticmethod
     def reranked(response: pb.RerankResponse, hits: Sequence[Hit]) -> RerankedHits:
         return RerankedHits(
-            [
+            model=response.model,
+            usage=usage_from_proto(response.usage),
+            hits=[
                 RerankedHit(
                     hits[entry.original_position],
                     entry.original_position,
@@ -122,8 +129,6 @@ class _Requests:
                 )
                 for entry in response.hits
             ],
-            response.model,
-            usage_from_proto(response.usage),
         )
 
     @staticmethod
@@ -192,14 +197,10 @@ class RerankerClient(_Client):
         query: str,
         documents: Sequence[str],
         *,
-        model: str | None = None,
-        base_url: str | None = None,
-        truncate: str | None = None,
         top_n: int | None = None,
-        api_key: str | None = None,
+        **options: Unpack[CallOptions],
     ) -> RankedDocuments:
-        request = _Requests.rank(query, documents, model, truncate, top_n)
-        metadata = self._requests.metadata(api_key, base_url)
+        request, metadata = self._requests.rank(query, documents, top_n, options)
         with _rerank_errors():
             response = self._stub.Rank(request, metadata=metadata, timeout=self._timeout_s)
         return _Requests.ranked(response, documents)
@@ -212,13 +213,11 @@ class RerankerClient(_Client):
         query: str,
         top_n: int | None = None,
         module_config: Mapping[str, Any] | None = None,
-        model: str | None = None,
-        base_url: str | None = None,
-        truncate: str | None = None,
-        api_key: str | None = None,
+        **options: Unpack[CallOptions],
     ) -> RerankedHits:
-        request = _Requests.rerank(hits, properties, query, model, truncate, top_n, module_config)
-        metadata = self._requests.metadata(api_key, base_url)
+        request, metadata = self._requests.rerank(
+            hits, properties, query, top_n, module_config, options
+        )
         with _rerank_errors():
             response = self._stub.Rerank(request, metadata=metadata, timeout=self._timeout_s)
         return _Requests.reranked(response, hits)
@@ -251,14 +250,10 @@ class AsyncRerankerClient(_Client):
         query: str,
         documents: Sequence[str],
         *,
-        model: str | None = None,
-        base_url: str | None = None,
-        truncate: str | None = None,
         top_n: int | None = None,
-        api_key: str | None = None,
+        **options: Unpack[CallOptions],
     ) -> RankedDocuments:
-        request = _Requests.rank(query, documents, model, truncate, top_n)
-        metadata = self._requests.metadata(api_key, base_url)
+        request, metadata = self._requests.rank(query, documents, top_n, options)
         with _rerank_errors():
             response = await self._stub.Rank(request, metadata=metadata, timeout=self._timeout_s)
         return _Requests.ranked(response, documents)
@@ -271,13 +266,11 @@ class AsyncRerankerClient(_Client):
         query: str,
         top_n: int | None = None,
         module_config: Mapping[str, Any] | None = None,
-        model: str | None = None,
-        base_url: str | None = None,
-        truncate: str | None = None,
-        api_key: str | None = None,
+        **options: Unpack[CallOptions],
     ) -> RerankedHits:
-        request = _Requests.rerank(hits, properties, query, model, truncate, top_n, module_config)
-        metadata = self._requests.metadata(api_key, base_url)
+        request, metadata = self._requests.rerank(
+            hits, properties, query, top_n, module_config, options
+        )
         with _rerank_errors():
             response = await self._stub.Rerank(request, metadata=metadata, timeout=self._timeout_s)
         return _Requests.reranked(response, hits)

@@ -9,11 +9,35 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypedDict, get_args
+
+__all__ = [
+    "TRUNCATE_VALUES",
+    "Answer",
+    "CallOptions",
+    "Hit",
+    "Meta",
+    "RankedDocuments",
+    "RerankedHit",
+    "RerankedHits",
+    "ScoredDocument",
+    "SearchType",
+    "Truncate",
+    "Usage",
+]
 
 # What NIM does with a query+passage pair over the model's token limit.
 Truncate = Literal["NONE", "END"]
 TRUNCATE_VALUES: tuple[str, ...] = get_args(Truncate)
+
+
+class CallOptions(TypedDict, total=False):
+    """Per-call choices of the Python client; each defaults to the sidecar's own setting."""
+
+    model: str | None
+    base_url: str | None
+    truncate: str | None
+    api_key: str | None
 
 
 class SearchType(enum.Enum):
@@ -57,28 +81,34 @@ class RerankedHit:
 
 
 @dataclass(frozen=True)
-class RerankedHits:
-    """Hits best first, then those with no text to rank by, in their old order."""
+class Answer:
+    """What every answer says besides its order: the NIM model that scored, and NIM's usage."""
 
-    hits: list[RerankedHit]
     model: str
     usage: Usage
 
 
 @dataclass(frozen=True)
+class RerankedHits(Answer):
+    """Hits best first, then those with no text to rank by, in their old order."""
+
+    hits: list[RerankedHit]
+
+
+@dataclass(frozen=True)
 class ScoredDocument:
+    """A document of a ``rank`` call: its position in the call, its score, its text."""
+
     index: int
     score: float
     document: str
 
 
 @dataclass(frozen=True)
-class RankedDocuments:
-    """Documents best first (at most ``top_n``), with the model and NIM's token usage."""
+class RankedDocuments(Answer):
+    """Documents best first (at most ``top_n``)."""
 
     documents: list[ScoredDocument]
-    model: str
-    usage: Usage
 
 
 @dataclass(frozen=True)

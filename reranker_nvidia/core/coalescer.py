@@ -69,6 +69,18 @@ class _Batch:
     timer: Timer | None = None
 
 
+@dataclass(frozen=True)
+class _Ask:
+    """One request's call for scores."""
+
+    target: Target
+    query: str
+    passages: Sequence[str]
+    keys: Sequence[bytes]
+    deadline: float
+    siblings_expected: bool
+
+
 @dataclass
 class _Placement:
     """Where one request's passages went: (batch, index) per passage, in order."""
@@ -131,7 +143,8 @@ class Coalescer:
         siblings_expected: bool = False,
     ) -> tuple[list[float], Usage]:
         """Logits for ``passages`` (one per key, in order), and this caller's share of usage."""
-        placement = self._place(target, query, passages, keys, deadline, siblings_expected)
+        ask = _Ask(target, query, passages, keys, deadline, siblings_expected)
+        placement = self._place(ask)
         batches = placement.batches
         self.coalesced_passages += sum(
             1 for batch, _ in placement.places if batch not in placement.own
@@ -144,27 +157,20 @@ class Coalescer:
         logits = [answers[batch].logits[index] for batch, index in placement.places]
         return logits, usage_share(placement.own, answers)
 
-    def _place(
-        self,
-        target: Target,
-        query: str,
-        passages: Sequence[str],
-        keys: Sequence[bytes],
-        deadline: float,
-        siblings_expected: bool,
-    ) -> _Placement:
+    def _place(self, ask: _Ask) -> _Placement:
         """Each passage joins the call already carrying it, else the open batch of its group
         (a new one when there is none or the last one is full)."""
         placement = _Placement()
+        target = ask.target
         group: Group = (
             target.api_key,
             target.endpoint,
             target.model,
             target.truncate,
             target.guarded,
-            query,
+            ask.query,
         )
-        for passage, key in zip(passages, keys, strict=True):
+        for passage, key in zip(ask.passages, ask.keys, strict=True):
             pending = self._pending.get((target.api_key, key))
             if pending is not None:
                 placement.places.append(pending)
@@ -172,11 +178,11 @@ class Coalescer:
                 continue
             batch = self._open.get(group)
             if batch is None:
-                batch = self._open_batch(group, target, query, deadline, siblings_expected)
+                batch = self._open_batch(group, ask)
             elif batch not in placement.own:
                 placement.joined = placement.joined or bool(batch.passages)
-                batch.expecting = batch.expecting and siblings_expected
-            batch.deadline = max(batch.deadline, deadline)
+                batch.expecting = batch.expecting and ask.siblings_expected
+            batch.deadline = max(batch.deadline, ask.deadline)
             index = len(batch.passages)
             batch.keys.append(key)
             batch.passages.append(passage)
@@ -187,18 +193,15 @@ class Coalescer:
                 self._dispatch(batch)
         return placement
 
-    def _open_batch(
-        self, group: Group, target: Target, query: str, deadline: float, expecting: bool
-    ) -> _Batch:
-        scheduler = self._scheduler
+    def _open_batch(self, group: Group, ask: _Ask) -> _Batch:
         batch = _Batch(
             group,
-            target,
-            query,
-            deadline,
-            opened_at=scheduler.time(),
+            ask.target,
+            ask.query,
+            ask.deadline,
+            opened_at=self._scheduler.time(),
             result=asyncio.get_running_loop().create_future(),
-            expecting=expecting,
+            expecting=ask.siblings_expected,
         )
         self._open[group] = batch
         return batch

@@ -104,4 +104,8 @@ async def rerank_hits(
         RerankedHit(hit, position, None) for position, hit in enumerate(hits) if not texts[position]
     ]
     result = scored + unscored
-    return RerankedHits(result if top_n is None else result[:top_n], ranking.model, ranking.usage)
+    return RerankedHits(
+        model=ranking.model,
+        usage=ranking.usage,
+        hits=result if top_n is None else result[:top_n],
+    )

@@ -52,32 +52,21 @@ class Ranking:
         return best_first if self.top_n is None else best_first[: self.top_n]
 
 
+@dataclass(eq=False)
 class Ranker:
-    def __init__(
-        self,
-        *,
-        targets: TargetResolver,
-        limits: RequestLimits,
-        cache: ScoreCache,
-        cache_scope: CacheScope,
-        verified_keys: VerifiedKeys,
-        coalescer: Coalescer,
-        admission: Admission,
-        secrets: Sequence[str] = (),
-    ) -> None:
-        """``secrets`` (the server's key, the caller token) are masked in every error."""
-        self.limits = limits
-        self.cache = cache
-        self._targets = targets
-        self._cache_scope = cache_scope
-        self._verified_keys = verified_keys
-        self._coalescer = coalescer
-        self._admission = admission
-        self._secrets = tuple(secrets)
+    targets: TargetResolver
+    limits: RequestLimits
+    cache: ScoreCache
+    cache_scope: CacheScope
+    verified_keys: VerifiedKeys
+    coalescer: Coalescer
+    admission: Admission
+    secrets: tuple[str, ...] = ()
+    """The server's key and the caller token: masked in every error."""
 
     def resolve(self, options: RankOptions) -> Target:
         """Where a request with ``options`` would go, and with which key."""
-        return self._targets.resolve(options)
+        return self.targets.resolve(options)
 
     async def rank(
         self,
@@ -98,13 +87,13 @@ class Ranker:
         """
         self.check_request(query, documents)
         check_top_n(top_n)
-        target = self._targets.resolve(options)
+        target = self.targets.resolve(options)
         budget = self.limits.request_timeout_s
         if budget_s is not None:
             budget = min(budget, max(budget_s, 0.0))
         secrets = request_secrets.set((target.api_key,))
         try:
-            async with self._admission.admit():
+            async with self.admission.admit():
                 return await asyncio.wait_for(
                     self._rank(
                         target,
@@ -123,7 +112,7 @@ class Ranker:
             ) from None
         except RerankError as error:
             # Whatever an upstream echoed, no secret this request knows leaves in it.
-            error.message = scrub(error.message, (*self._secrets, target.api_key))
+            error.message = scrub(error.message, (*self.secrets, target.api_key))
             raise
         finally:
             request_secrets.reset(secrets)
@@ -158,14 +147,14 @@ class Ranker:
         splits them into calls of at most ``max_passages_per_call`` sent concurrently."""
         if not documents:
             return Ranking([], target.model, top_n=top_n)
-        scope = self._cache_scope
-        owner = self._verified_keys.digest(target.api_key) if scope == "key" else b""
+        scope = self.cache_scope
+        owner = self.verified_keys.digest(target.api_key) if scope == "key" else b""
         prefix = scope_digest(target.endpoint, target.model, target.truncate, owner)
         prefix += digest(query)
         keys = [prefix + digest(document) for document in documents]
         found: list[float | None] = [None] * len(keys)
         if self.cache.enabled:
-            if scope != "verified" or target.api_key in self._verified_keys:
+            if scope != "verified" or target.api_key in self.verified_keys:
                 found = self.cache.get_many(keys)
             else:
                 self.cache.pass_over(len(keys))
@@ -173,7 +162,7 @@ class Ranker:
         usage = Usage()
         if missing:
             missing_keys = [keys[index] for index in missing]
-            logits, usage = await self._coalescer.score(
+            logits, usage = await self.coalescer.score(
                 target,
                 query,
                 [documents[index] for index in missing],

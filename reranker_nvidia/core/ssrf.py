@@ -178,21 +178,26 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-# httpcore's exceptions as httpx raises them, so callers handle one family.
-_HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-    (httpcore.NetworkError, httpx.NetworkError),
+# httpcore's exceptions as httpx raises them (same names), most specific first, so callers
+# handle one family.
+_HTTPX_ERRORS: tuple[tuple[type[Exception], type[Exception]], ...] = tuple(
+    (getattr(httpcore, name), getattr(httpx, name))
+    for name in (
+        "ConnectTimeout",
+        "ReadTimeout",
+        "WriteTimeout",
+        "PoolTimeout",
+        "TimeoutException",
+        "ConnectError",
+        "ReadError",
+        "WriteError",
+        "RemoteProtocolError",
+        "LocalProtocolError",
+        "UnsupportedProtocol",
+        "ProxyError",
+        "ProtocolError",
+        "NetworkError",
+    )
 )
 
 
@@ -200,8 +205,6 @@ _HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
 def _as_httpx_errors() -> Iterator[None]:
     try:
         yield
-    except httpcore.ProxyError as error:
-        raise httpx.ProxyError(str(error)) from error
     except Exception as error:
         for core, mapped in _HTTPX_ERRORS:
             if isinstance(error, core):

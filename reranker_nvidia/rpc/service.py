@@ -42,6 +42,7 @@ access_log = logging.getLogger("reranker_nvidia.access")
 
 
 T = TypeVar("T")
+R = TypeVar("R")
 # From this many hits on, converting them to and from protobuf runs on a worker thread.
 OFF_LOOP_HITS = 256
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -107,51 +108,40 @@ async def _answer(
     raise AssertionError("context.abort returned")
 
 
+@dataclass(eq=False)
 class RerankerService(pb_grpc.RerankerServiceServicer):
-    def __init__(
-        self,
-        *,
-        ranker: Ranker,
-        admission: Admission,
-        metrics: Metrics,
-        possible_joiner: Callable[[], AbstractContextManager[None]],
-        meta: Meta,
-    ) -> None:
-        self._ranker = ranker
-        self._admission = admission
-        self._metrics = metrics
-        self._possible_joiner = possible_joiner
-        self._meta = meta
+    ranker: Ranker
+    admission: Admission
+    metrics: Metrics
+    possible_joiner: Callable[[], AbstractContextManager[None]]
+    """Wraps each call from arrival: batches may wait for it to ask for scores."""
+    meta: Meta
 
     async def Rank(self, request: pb.RankRequest, context: Context) -> pb.RankResponse:
-        metadata = _metadata(context)
-        with self._possible_joiner():
-            return await _answer(
-                "Rank",
-                context,
-                metadata,
-                self._rank(request, metadata, context.time_remaining()),
-                self._metrics,
-            )
+        return await self._serve("Rank", self._rank, request, context)
 
     async def Rerank(self, request: pb.RerankRequest, context: Context) -> pb.RerankResponse:
+        return await self._serve("Rerank", self._rerank, request, context)
+
+    async def _serve(
+        self,
+        method: str,
+        handle: Callable[[R, dict[str, str], float | None], Awaitable[T]],
+        request: R,
+        context: Context,
+    ) -> T:
         metadata = _metadata(context)
-        with self._possible_joiner():
-            return await _answer(
-                "Rerank",
-                context,
-                metadata,
-                self._rerank(request, metadata, context.time_remaining()),
-                self._metrics,
-            )
+        work = handle(request, metadata, context.time_remaining())
+        with self.possible_joiner():
+            return await _answer(method, context, metadata, work, self.metrics)
 
     async def GetMeta(self, request: pb.GetMetaRequest, context: Context) -> pb.GetMetaResponse:
-        return pb.GetMetaResponse(**self._meta.as_dict())
+        return pb.GetMetaResponse(**self.meta.as_dict())
 
     async def _rank(
         self, request: pb.RankRequest, metadata: dict[str, str], budget_s: float | None
     ) -> pb.RankResponse:
-        ranking = await self._ranker.rank(
+        ranking = await self.ranker.rank(
             request.query,
             list(request.documents),
             options_from_proto(request.options, metadata),
@@ -170,9 +160,9 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
     async def _rerank(
         self, request: pb.RerankRequest, metadata: dict[str, str], budget_s: float | None
     ) -> pb.RerankResponse:
-        limits = self._ranker.limits
+        limits = self.ranker.limits
         # Admitted, and its counts checked, before a single hit is converted.
-        async with self._admission.admit():
+        async with self.admission.admit():
             properties = rerank_properties(
                 request.properties,
                 len(request.hits),
@@ -184,7 +174,7 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
                 lambda: [hit_from_proto(hit, properties) for hit in request.hits],
             )
             result = await rerank_hits(
-                self._ranker,
+                self.ranker,
                 hits,
                 properties=properties,
                 query=request.query,

@@ -88,7 +88,7 @@ def build_core(settings: Settings, *, resolver: Resolver = system_resolver) -> C
         verified_keys=verified_keys,
         coalescer=coalescer,
         admission=admission,
-        secrets=secrets,
+        secrets=tuple(secrets),
     )
     metrics.read_at_scrape(
         lambda: {

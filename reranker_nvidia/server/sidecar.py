@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
 
 import grpc
@@ -17,7 +16,12 @@ from reranker_nvidia.rpc.service import RerankerService, add_to_server
 from reranker_nvidia.server.asgi import AsgiServer, ConnectionLimits, default_max_connections
 from reranker_nvidia.server.assembly import Core, build_core
 from reranker_nvidia.server.meta import describe, served_models
-from reranker_nvidia.server.startup import StartupError, missing_key_warning, summary
+from reranker_nvidia.server.startup import (
+    StartupError,
+    missing_key_warning,
+    stop_signal,
+    summary,
+)
 from reranker_nvidia.settings import Settings
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.web.app import create_http_app
@@ -184,10 +188,7 @@ class SidecarServer:
         await self.core.aclose()
 
     async def serve_until_signalled(self) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        stop = stop_signal()
         try:
             await self.start()
         except StartupError:

@@ -3,7 +3,9 @@ what it will do, and one line (exit 2) for whatever stops it from starting."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 
 from reranker_nvidia import __version__
 from reranker_nvidia.core.endpoints import is_hosted, resolve_endpoint
@@ -18,6 +20,15 @@ OFFLINE_HINT = (
 
 class StartupError(Exception):
     """The sidecar cannot start; the message says why and which setting to change."""
+
+
+def stop_signal() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT to the running loop's process."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
 
 
 def key_source(settings: Settings) -> str | None:

@@ -7,12 +7,13 @@ import uuid
 from dataclasses import replace
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from reranker_nvidia.core import Ranker
 from reranker_nvidia.web.options import (
     header_options,
     request_budget,
+    with_example,
 )
 
 # Cohere bills one search unit per query with up to 100 documents.
@@ -25,19 +26,14 @@ class RerankDocument(BaseModel):
 
 
 class RerankRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "examples": [
-                {
-                    "model": "nvidia/llama-3.2-nv-rerankqa-1b-v2",
-                    "query": "which way should i go?",
-                    "documents": ["turn left at the mill", {"text": "go north"}],
-                    "top_n": 1,
-                    "return_documents": True,
-                }
-            ]
-        },
+    model_config = with_example(
+        {
+            "model": "nvidia/llama-3.2-nv-rerankqa-1b-v2",
+            "query": "which way should i go?",
+            "documents": ["turn left at the mill", {"text": "go north"}],
+            "top_n": 1,
+            "return_documents": True,
+        }
     )
 
     model: str | None = Field(default=None, description="NIM model id; default: the server's.")

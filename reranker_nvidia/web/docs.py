@@ -3,6 +3,7 @@ API documentation renders on a machine with no internet (air-gapped self-hosted 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
 
 from fastapi import FastAPI
@@ -21,22 +22,23 @@ def add_offline_docs(app: FastAPI) -> None:
     app.mount(ASSETS_PATH, StaticFiles(directory=str(assets)), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
 
-    @app.get("/docs", include_in_schema=False)
-    async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
+    title = f"{app.title} - API"
+    favicon = f"{ASSETS_PATH}/favicon.png"
+    pages: dict[str, Callable[[], HTMLResponse]] = {
+        "/docs": lambda: get_swagger_ui_html(
             openapi_url=openapi_url,
-            title=f"{app.title} - API",
+            title=title,
             swagger_js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS_PATH}/swagger-ui.css",
-            swagger_favicon_url=f"{ASSETS_PATH}/favicon.png",
-        )
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(
+            swagger_favicon_url=favicon,
+        ),
+        "/redoc": lambda: get_redoc_html(
             openapi_url=openapi_url,
-            title=f"{app.title} - API",
+            title=title,
             redoc_js_url=f"{ASSETS_PATH}/redoc.standalone.js",
-            redoc_favicon_url=f"{ASSETS_PATH}/favicon.png",
+            redoc_favicon_url=favicon,
             with_google_fonts=False,
-        )
+        ),
+    }
+    for path, page in pages.items():
+        app.add_api_route(path, page, methods=["GET"], include_in_schema=False)

@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,12 +50,12 @@ _UNLABELLED = frozenset({b"", b"text/plain"})
 CLIENT_CLOSED = 499
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _RefusedBody(Exception):
+    """A body refused before it is parsed: the message names the limit, with its status."""
 
-
-class _BodyTooSlow(Exception):
-    pass
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RequestsInFlight:
@@ -88,29 +89,22 @@ SHUTTING_DOWN = RerankError(
 )
 
 
+@dataclass(eq=False)
 class HttpGuard:
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        max_body_bytes: int,
-        body_timeout_s: float,
-        auth_token: str | None,
-        possible_joiner: Callable[[], AbstractContextManager[None]],
-        observe: Callable[[str, str, int, float], None],
-        in_flight: RequestsInFlight,
-    ) -> None:
-        self._app = app
-        self._possible_joiner = possible_joiner
-        self._in_flight = in_flight
-        self._body_timeout_s = body_timeout_s
-        self._observe = observe
-        self._max_body_bytes = max_body_bytes
-        self._auth_token = auth_token
+    """ASGI middleware: ``app`` is the application behind it (Starlette passes it first)."""
+
+    app: ASGIApp
+    max_body_bytes: int
+    body_timeout_s: float
+    auth_token: str | None
+    possible_joiner: Callable[[], AbstractContextManager[None]]
+    """Wraps each request once its body is in: batches may wait for it to ask for scores."""
+    observe: Callable[[str, str, int, float], None]
+    in_flight: RequestsInFlight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self._app(scope, receive, send)
+            await self.app(scope, receive, send)
             return
         scope = _tolerant(scope)
         rid = new_request_id(_header(scope, _REQUEST_ID_HEADER))
@@ -131,42 +125,32 @@ class HttpGuard:
         try:
             await self._guarded(scope, receive, send_with_id)
         finally:
-            self._observe(scope["method"], scope["path"], status, time.perf_counter() - started)
+            self.observe(scope["method"], scope["path"], status, time.perf_counter() - started)
             request_id.reset(context)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        if self._auth_token is not None and path not in OPEN_HTTP_PATHS:
+        if self.auth_token is not None and path not in OPEN_HTTP_PATHS:
             given = _header(scope, _TOKEN_HEADER)
-            if not token_matches(self._auth_token, given):
+            if not token_matches(self.auth_token, given):
                 error = RerankError(ErrorCode.UNAUTHENTICATED, MISSING_TOKEN_MESSAGE)
                 await error_response(path, error)(scope, receive, send)
                 return
         try:
             body = await self._read_body(scope, receive)
-        except _BodyTooLarge:
-            error = RerankError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"body: larger than {self._max_body_bytes} bytes (RERANKER_MAX_BODY_BYTES)",
-            )
-            await error_response(path, error, 413)(scope, receive, send)
-            return
-        except _BodyTooSlow:
-            error = RerankError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"body: not received within {self._body_timeout_s:g} s (RERANKER_BODY_TIMEOUT_S)",
-            )
-            await error_response(path, error, 408)(scope, receive, send)
+        except _RefusedBody as refusal:
+            error = RerankError(ErrorCode.INVALID_ARGUMENT, str(refusal))
+            await error_response(path, error, refusal.status)(scope, receive, send)
             return
         if body is None:  # the caller left while sending
             return
-        with self._possible_joiner():
+        with self.possible_joiner():
             await self._run_until_disconnect(scope, body, receive, send)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body_bytes:
-            raise _BodyTooLarge
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise self._too_large()
         chunks: list[bytes] = []
         size = 0
         # One timer for the whole body rather than a timeout per read: a body already in
@@ -180,7 +164,7 @@ class HttpGuard:
             expired = True
             task.cancel()
 
-        timer = asyncio.get_running_loop().call_later(self._body_timeout_s, expire)
+        timer = asyncio.get_running_loop().call_later(self.body_timeout_s, expire)
         try:
             while True:
                 message = await receive()
@@ -188,8 +172,8 @@ class HttpGuard:
                     return None
                 chunk = message.get("body", b"")
                 size += len(chunk)
-                if size > self._max_body_bytes:
-                    raise _BodyTooLarge
+                if size > self.max_body_bytes:
+                    raise self._too_large()
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)
@@ -197,9 +181,17 @@ class HttpGuard:
             if not expired:
                 raise
             _uncancel(task)
-            raise _BodyTooSlow from None
+            raise _RefusedBody(
+                f"body: not received within {self.body_timeout_s:g} s (RERANKER_BODY_TIMEOUT_S)",
+                408,
+            ) from None
         finally:
             timer.cancel()
+
+    def _too_large(self) -> _RefusedBody:
+        return _RefusedBody(
+            f"body: larger than {self.max_body_bytes} bytes (RERANKER_MAX_BODY_BYTES)", 413
+        )
 
     async def _run_until_disconnect(
         self, scope: Scope, body: bytes, receive: Receive, send: Send
@@ -222,8 +214,8 @@ class HttpGuard:
             answering = True
             await send(message)
 
-        handler = asyncio.ensure_future(self._app(scope, replay, send_tracked))
-        self._in_flight.add(handler)
+        handler = asyncio.ensure_future(self.app(scope, replay, send_tracked))
+        self.in_flight.add(handler)
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -237,7 +229,7 @@ class HttpGuard:
         except asyncio.CancelledError:
             if disconnected.is_set():
                 return
-            if not (self._in_flight.stopping and handler.cancelled()) or answering:
+            if not (self.in_flight.stopping and handler.cancelled()) or answering:
                 raise
             await error_response(scope["path"], SHUTTING_DOWN)(scope, receive, send)
         except Exception:
@@ -245,7 +237,7 @@ class HttpGuard:
                 raise
             await internal_error(scope["path"])(scope, receive, send)
         finally:
-            self._in_flight.discard(handler)
+            self.in_flight.discard(handler)
             watcher.cancel()
 
 

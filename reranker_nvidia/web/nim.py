@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from reranker_nvidia.core import Ranker
 from reranker_nvidia.nim_schema import (
@@ -26,6 +26,7 @@ from reranker_nvidia.nim_schema import (
 from reranker_nvidia.web.options import (
     header_options,
     request_budget,
+    with_example,
 )
 
 # Hosted NIM's path for its first reranking model carries no model segment.
@@ -33,18 +34,13 @@ LEGACY_PATH_SEGMENT = "nvidia"
 
 
 class NimRankingRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "examples": [
-                {
-                    "model": "nvidia/llama-3.2-nv-rerankqa-1b-v2",
-                    "query": {"text": "which way should i go?"},
-                    "passages": [{"text": "turn left at the mill"}, {"text": "go north"}],
-                    "truncate": "END",
-                }
-            ]
-        },
+    model_config = with_example(
+        {
+            "model": "nvidia/llama-3.2-nv-rerankqa-1b-v2",
+            "query": {"text": "which way should i go?"},
+            "passages": [{"text": "turn left at the mill"}, {"text": "go north"}],
+            "truncate": "END",
+        }
     )
 
     model: str | None = Field(

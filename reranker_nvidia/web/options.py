@@ -1,23 +1,25 @@
-"""What the HTTP contracts read from a request's headers: the key, the base URL, and how long
-the caller will wait."""
+"""What the HTTP contracts read from a request: the key and base URL in its headers, how long
+the caller will wait, and the shared config of their request models."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
+from typing import Any
 
-from fastapi import Request, Response
+from fastapi import Request
+from pydantic import ConfigDict
 
 from reranker_nvidia.core import RankOptions, usable_key
-from reranker_nvidia.errors import RerankError, invalid_argument
-
-log = logging.getLogger("reranker_nvidia.http")
-
-ErrorRenderer = Callable[[RerankError], Response]
+from reranker_nvidia.errors import invalid_argument
 
 API_KEY_HEADER = "X-Nvidia-Api-Key"
 BASE_URL_HEADER = "X-Nvidia-Baseurl"
 TIMEOUT_HEADER = "X-Request-Timeout"
+
+
+def with_example(example: dict[str, Any]) -> ConfigDict:
+    """A request model's config: unknown fields ignored (clients add their own), and the
+    example ``/docs`` shows."""
+    return ConfigDict(extra="ignore", json_schema_extra={"examples": [example]})
 
 
 def header_options(request: Request) -> RankOptions:
