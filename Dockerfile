@@ -1,7 +1,7 @@
 # reranker-nvidia: gRPC (50051) and HTTP (8080) in one process.
 FROM python:3.12-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY reranker_nvidia ./reranker_nvidia
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir .
 

@@ -52,13 +52,36 @@ def test_dockerfile_runs_the_sidecar_as_non_root_on_the_default_ports() -> None:
     assert f"RERANKER_GRPC_PORT={defaults.grpc_port}" in env
 
 
-def test_dockerfile_installs_the_package_from_the_repo() -> None:
-    text = (REPO / "Dockerfile").read_text()
-    assert "COPY pyproject.toml README.md ./" in text
-    assert "COPY reranker_nvidia ./reranker_nvidia" in text
-    assert "pip install --no-cache-dir ." in text
+def build_stage() -> list[tuple[str, str]]:
+    """(instruction, arguments) pairs of the first stage, where the package is built."""
+    text = re.sub(r"\\\n\s*", " ", (REPO / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    pairs = [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]
+    second = [i for i, (instruction, _) in enumerate(pairs) if instruction == "FROM"][1]
+    return [(instruction.upper(), rest) for instruction, rest in pairs[:second]]
+
+
+def test_the_build_stage_copies_everything_pip_install_needs() -> None:
+    """What pyproject.toml names (readme, licence files, the package) is copied before
+    ``pip install .`` runs, and nothing the build needs is left out by .dockerignore."""
+    pyproject = (REPO / "pyproject.toml").read_text()
+    readme = re.search(r'^readme = "([^"]+)"', pyproject, re.M)
+    licences = re.search(r"^license-files = \[([^\]]*)\]", pyproject, re.M)
+    assert readme and licences
+    needed = {"pyproject.toml", readme[1], *re.findall(r'"([^"]+)"', licences[1])}
+    needed.add("reranker_nvidia")
+    copied: set[str] = set()
+    installed = False
+    for instruction, rest in build_stage():
+        if instruction == "COPY":
+            copied.update(Path(source).name for source in rest.split()[:-1])
+        if instruction == "RUN" and re.search(r"pip install\b.*\s\.(\s|$)", rest):
+            installed = True
+            assert needed <= copied, f"not copied before pip install: {needed - copied}"
+    assert installed, "the build stage installs the package with pip"
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
+    assert not needed & set(ignored)
 
 
 def test_healthcheck_probes_readiness(make_sidecar: SidecarFactory) -> None:

@@ -32,8 +32,24 @@ def test_rankings_are_sorted_by_logit_with_usage(emulator: Emulator) -> None:
     assert answer["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
 
 
-def test_scores_are_pairwise(emulator: Emulator) -> None:
-    assert lexical_logit(["a", "b"], ["a", "x"]) == lexical_logit(["a", "b"], ["a", "x"])
+def test_a_passages_score_depends_on_nothing_but_its_pair(emulator: Emulator) -> None:
+    """As a cross-encoder's: alone or among others, in any position, the same score."""
+
+    def scores(passages: list[str]) -> dict[str, float]:
+        answer = httpx.post(
+            emulator.url + "/v1/ranking",
+            json={
+                "model": "m",
+                "query": {"text": "which way north"},
+                "passages": [{"text": text} for text in passages],
+            },
+        ).json()
+        return {passages[r["index"]]: r["logit"] for r in answer["rankings"]}
+
+    alone = scores(["go north this way"])
+    among = scores(["bananas", "the way", "go north this way", "north north north"])
+    assert among["go north this way"] == alone["go north this way"]
+    assert among["go north this way"] > among["the way"] > among["bananas"]
     assert lexical_logit(["a"], ["a"]) > lexical_logit(["a"], ["b"]) == -5.0
     assert lexical_logit([], ["a"]) == -5.0
 

@@ -96,9 +96,12 @@ def test_allow_listed_base_urls_pass_and_the_capture_would_see_a_request(
     response = rerank(sidecar.http_url, {"X-Nvidia-Baseurl": allowed})
     assert response.status_code == 502, "the capture answers an empty ranking"
     assert capture.connections == 1
-    assert f"authorization: Bearer {SERVER_KEY}".encode() in capture.received[0].lower().replace(
-        b"bearer", b"Bearer"
-    )
+    head = capture.received[0].partition(b"\r\n\r\n")[0].decode()
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:])
+    }
+    assert headers["authorization"] == f"Bearer {SERVER_KEY}"
 
 
 def test_the_server_key_never_goes_to_a_base_url_it_was_not_configured_for(
