@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from reranker_nvidia.client import AsyncRerankerClient, RerankerClient
@@ -354,21 +355,23 @@ def test_idle_connections_past_the_cap_make_room_for_probes(
             connection.close()
 
 
-def test_the_uvicorn_hooks_the_guard_extends_are_there() -> None:
+def test_the_uvicorn_hooks_the_server_extends_are_there() -> None:
+    """uvicorn is pinned below its next minor series; this fails first if a hook moves."""
     for name in ("connection_made", "connection_lost", "on_headers_complete"):
         assert callable(getattr(HttpToolsProtocol, name, None)), name
     assert callable(getattr(HttpToolsProtocol, "on_response_complete", None))
+    assert callable(getattr(uvicorn.Server, "capture_signals", None)), "embedded server hook"
 
 
 def test_a_stalled_upload_does_not_hold_back_a_lone_request(
     make_sidecar: SidecarFactory,
 ) -> None:
-    sidecar = make_sidecar(coalesce_window_ms=5000)
+    sidecar = make_sidecar(coalesce_window_ms=20000)
     with open_socket(sidecar) as stalled:
         stalled.sendall(b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         started = time.monotonic()
         assert rerank(sidecar, ["a way"]).status_code == 200
-        assert time.monotonic() - started < 2.5, "it waited for the stalled upload's window"
+        assert time.monotonic() - started < 10, "it waited for the stalled upload's window"
 
 
 # 7. Malformed input is a 400 naming the field, never a 500.

@@ -101,11 +101,11 @@ async def test_a_failing_call_fails_exactly_the_callers_that_shared_it(
 async def test_a_lone_request_does_not_wait_for_the_window(
     make_sidecar: SidecarFactory, emulator: Emulator
 ) -> None:
-    sidecar = make_sidecar(coalesce_window_ms=5000)
+    sidecar = make_sidecar(coalesce_window_ms=20000)
     start = time.monotonic()
     responses = await post_all(sidecar, [{"query": QUERY, "documents": ["a", "b"]}])
     assert responses[0].status_code == 200
-    assert time.monotonic() - start < 2.5, "it waited for the window"
+    assert time.monotonic() - start < 10, "it waited for the window"
 
 
 async def test_a_caller_that_leaves_does_not_cancel_a_shared_call(
@@ -124,8 +124,10 @@ async def test_a_caller_that_leaves_does_not_cancel_a_shared_call(
 async def test_weaviate_chunks_arriving_one_by_one_still_share_a_call(
     make_sidecar: SidecarFactory, emulator: Emulator
 ) -> None:
-    """Full chunks of 32 announce siblings: each one keeps the batch open a window longer."""
-    sidecar = make_sidecar(coalesce_window_ms=250)
+    """Full chunks of 32 announce siblings: each one keeps the batch open a window longer.
+    The window is long against the 100 ms between chunks, so a loaded machine cannot split
+    them; the window's own arithmetic is tested with a fake clock in test_coalescer.py."""
+    sidecar = make_sidecar(coalesce_window_ms=2000)
     documents = [f"way document {i}" for i in range(100)]
     chunks = [documents[start : start + 32] for start in range(0, 100, 32)]
 
@@ -135,7 +137,7 @@ async def test_weaviate_chunks_arriving_one_by_one_still_share_a_call(
             await asyncio.sleep(delay_s)
             return await client.post("/rerank", json={"query": QUERY, "documents": chunk})
 
-        # 100 ms apart: more than the time one request takes, less than one window.
+        # 100 ms apart: more than the time one request takes, far less than one window.
         responses = await asyncio.gather(*(send(0.1 * i, chunk) for i, chunk in enumerate(chunks)))
     for chunk, response in zip(chunks, responses, strict=True):
         scores = [entry["score"] for entry in response.json()["scores"]]

@@ -80,7 +80,7 @@ def test_retry_after_beyond_the_budget_fails_at_once(
     response = httpx.post(sidecar.http_url + "/rerank", json=BODY)
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "30"
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 10, "it did not wait for the Retry-After"
 
 
 def test_connection_errors_are_retried_but_invalid_answers_are_not(
@@ -123,7 +123,7 @@ def test_request_budget_bounds_the_whole_request(
     elapsed = time.monotonic() - start
     assert response.status_code == 504
     assert "budget of 0.5 s" in response.json()["error"]
-    assert elapsed < 1.5
+    assert elapsed < 4, "the slow attempts (5 s each) were not waited for"
 
 
 def test_per_attempt_timeout_then_retry_succeeds(
@@ -134,7 +134,7 @@ def test_per_attempt_timeout_then_retry_succeeds(
     start = time.monotonic()
     response = httpx.post(sidecar.http_url + "/rerank", json=BODY, timeout=10)
     assert response.status_code == 200
-    assert 0.3 <= time.monotonic() - start < 2
+    assert 0.3 <= time.monotonic() - start < 2.5, "the 3 s attempt was not waited for"
 
 
 def test_caller_timeout_header_shrinks_the_budget(
@@ -150,7 +150,7 @@ def test_caller_timeout_header_shrinks_the_budget(
         timeout=10,
     )
     assert response.status_code == 504
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 4, "the 5 s answer was not waited for"
     bad = httpx.post(sidecar.http_url + "/rerank", json=BODY, headers={"X-Request-Timeout": "-1"})
     assert bad.status_code == 400
     assert "X-Request-Timeout" in bad.json()["error"]
@@ -165,7 +165,7 @@ def test_grpc_deadline_shrinks_the_budget_and_cancels_upstream(
     with client, pytest.raises(RerankError) as raised:
         client.rank("q", ["a"])
     assert raised.value.code is ErrorCode.DEADLINE_EXCEEDED
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 4, "the 5 s answer was not waited for"
     core = sidecar.server.core
     # The upstream call is cancelled first; the request itself lets go a moment later.
     wait_until(lambda: core.caller.in_flight == 0 and core.admission.in_flight == 0, 1.0)
