@@ -498,34 +498,32 @@ def test_blank_per_request_base_url_keeps_the_collections(
     assert capture.connections == 1, "the collection's baseURL was used"
 
 
-def test_a_guarded_base_url_goes_through_the_https_proxy(
-    make_sidecar: SidecarFactory, capture: CaptureServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("address", "status", "proxied"),
+    [
+        ("93.184.216.34", 502, True),  # public: through the proxy (which speaks no TLS here)
+        ("10.0.0.7", 403, False),  # private: refused before the proxy is asked
+    ],
+)
+def test_a_guarded_base_url_goes_through_the_https_proxy_only_if_public(
+    make_sidecar: SidecarFactory,
+    capture: CaptureServer,
+    monkeypatch: pytest.MonkeyPatch,
+    address: str,
+    status: int,
+    proxied: bool,
 ) -> None:
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{capture.port}")
     monkeypatch.setenv("NO_PROXY", "")
 
     async def resolver(host: str, port: int) -> list[str]:
-        return ["93.184.216.34"]
+        return [address]
 
     sidecar = make_sidecar(resolver=resolver)
     header = {"X-Nvidia-Baseurl": "https://nim.example.com", "X-Nvidia-Api-Key": REQUEST_KEY}
-    assert rerank(sidecar, ["a"], **header).status_code == 502  # the capture speaks no TLS
-    assert capture.received and capture.received[0].startswith(b"CONNECT nim.example.com:443")
-
-
-def test_a_proxied_base_url_is_still_refused_for_a_private_address(
-    make_sidecar: SidecarFactory, capture: CaptureServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{capture.port}")
-    monkeypatch.setenv("NO_PROXY", "")
-
-    async def resolver(host: str, port: int) -> list[str]:
-        return ["10.0.0.7"]
-
-    sidecar = make_sidecar(resolver=resolver)
-    header = {"X-Nvidia-Baseurl": "https://nim.example.com", "X-Nvidia-Api-Key": REQUEST_KEY}
-    assert rerank(sidecar, ["a"], **header).status_code == 403
-    assert capture.connections == 0
+    assert rerank(sidecar, ["a"], **header).status_code == status
+    connected = [request.split(b"\r\n", 1)[0] for request in capture.received]
+    assert connected == ([b"CONNECT nim.example.com:443 HTTP/1.1"] if proxied else [])
 
 
 async def test_a_cancelled_grpc_call_is_counted_cancelled(
