@@ -307,5 +307,6 @@ async def test_keys_never_reach_logs_or_error_messages(
     assert REQUEST_KEY not in raised.value.message
     assert "***" in raised.value.message
     assert SERVER_KEY not in repr(sidecar_settings(emulator.url))
+    assert SERVER_KEY not in repr(ranker), "the ranker holds the key as a secret"
     assert REQUEST_KEY not in repr(RankOptions(api_key=REQUEST_KEY))
     assert REQUEST_KEY not in caplog.text and SERVER_KEY not in caplog.text

@@ -61,8 +61,8 @@ class Ranker:
     verified_keys: VerifiedKeys
     coalescer: Coalescer
     admission: Admission
-    secrets: tuple[str, ...] = ()
-    """The server's key and the caller token: masked in every error."""
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    """The server's key and the caller token: masked in every error, never shown."""
 
     def resolve(self, options: RankOptions) -> Target:
         """Where a request with ``options`` would go, and with which key."""

@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -96,7 +96,7 @@ class HttpGuard:
     app: ASGIApp
     max_body_bytes: int
     body_timeout_s: float
-    auth_token: str | None
+    auth_token: str | None = field(repr=False)
     possible_joiner: Callable[[], AbstractContextManager[None]]
     """Wraps each request once its body is in: batches may wait for it to ask for scores."""
     observe: Callable[[str, str, int, float], None]
