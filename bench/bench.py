@@ -276,7 +276,7 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 async def measure(setup: Setup, runs: int, quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {"latency": {}, "throughput": {}}
-    requests = {10: 60, 100: 60, 1000: 15} if quick else {10: 200, 100: 200, 1000: 40}
+    requests = {10: 30, 100: 30, 1000: 8} if quick else {10: 200, 100: 200, 1000: 40}
     for count in (10, 100, 1000):
         for surface in ("grpc", "http"):
             rows = [
@@ -287,7 +287,7 @@ async def measure(setup: Setup, runs: int, quick: bool) -> dict[str, Any]:
         rows = [await throughput(setup, concurrency, 1 if quick else 4) for _ in range(runs)]
         results["throughput"][str(concurrency)] = median_of(rows)
     results["fan_out"] = median_of([await fan_out(setup) for _ in range(runs)])
-    results["cache"] = median_of([await cache(setup, 50 if quick else 200) for _ in range(runs)])
+    results["cache"] = median_of([await cache(setup, 25 if quick else 200) for _ in range(runs)])
     results["cache"]["core_hit_p50_ms"] = await core_cache_hit(setup.direct_url, 200)
     results["weaviate_4x32"] = median_of([await weaviate_pattern(setup) for _ in range(runs)])
     results["peak_rss_mib"] = max(row["peak_rss_mib"] for row in results["throughput"].values())

@@ -3,6 +3,7 @@ endpoint for the model, and the rule that keeps the server's key at home."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -114,10 +115,13 @@ class TargetResolver:
         if parts.query or parts.fragment or parts.username is not None or "@" in parts.netloc:
             return False
         identity = endpoint_identity(endpoint)
-        return any(
-            endpoint_identity(resolve_endpoint(trusted, model)) == identity
-            for trusted in self._trusted_base_urls
-        )
+        return any(_endpoint_of(trusted, model) == identity for trusted in self._trusted_base_urls)
+
+
+@functools.lru_cache(maxsize=1024)
+def _endpoint_of(base_url: str, model: str) -> tuple[str, str, int, str]:
+    """Where a configured base URL sends ``model``: the same for every request, so kept."""
+    return endpoint_identity(resolve_endpoint(base_url, model))
 
 
 def check_key_text(key: str) -> None:
