@@ -217,3 +217,42 @@ def test_compose_offers_self_hosted_nim_as_a_profile() -> None:
     assert nim["image"].startswith("nvcr.io/nim/")
     text = (REPO / "docker-compose.weaviate.yml").read_text()
     assert "RERANKER_BASE_URL=http://nim:8000" in text
+
+
+KUBERNETES = REPO / "deploy/kubernetes"
+# The oldest Kubernetes minor these manifests are written for (autoscaling/v2, policy/v1).
+KUBERNETES_VERSION = "1.30"
+
+
+def test_every_kubernetes_manifest_validates_against_the_schemas() -> None:
+    """Offline, against the schemas kubernetes-validate ships, strictly (no unknown field)."""
+    import kubernetes_validate
+
+    files = sorted(KUBERNETES.glob("*.yaml"))
+    resources = [f for f in files if f.name != "kustomization.yaml"]
+    assert {doc["kind"] for f in resources for doc in manifests(f)} >= {
+        "Deployment",
+        "Service",
+        "Secret",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+    }
+    for path in resources:
+        for doc in manifests(path):
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    [kustomization] = manifests(KUBERNETES / "kustomization.yaml")
+    assert set(kustomization["resources"]) == {
+        f.name for f in resources if f.name != "secret.yaml"
+    }, "every manifest but the Secret (whose value is the operator's) is applied with -k"
+
+
+def test_the_autoscaler_and_budget_target_the_sidecar() -> None:
+    [deployment] = manifests(KUBERNETES / "deployment.yaml")
+    name = deployment["metadata"]["name"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    [autoscaler] = manifests(KUBERNETES / "autoscaler.yaml")
+    assert autoscaler["spec"]["scaleTargetRef"]["name"] == name
+    assert autoscaler["spec"]["minReplicas"] >= 2
+    [budget] = manifests(KUBERNETES / "disruption-budget.yaml")
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert budget["spec"]["minAvailable"] < autoscaler["spec"]["minReplicas"]
