@@ -51,7 +51,7 @@ STALLED_BODIES = 24
 STALLED_BODY_BYTES = 12 * 1024 * 1024
 HOSTILE_ANSWER_BYTES = 64 * 1024 * 1024
 # The sidecar under soak closes slow clients sooner than its defaults, so the phase is short.
-SOAK_SETTINGS = {"RERANKER_HEADER_TIMEOUT_S": "2", "RERANKER_BODY_TIMEOUT_S": "3"}
+SOAK_SETTINGS = {"RERANKER_HEADER_TIMEOUT_S": "1", "RERANKER_BODY_TIMEOUT_S": "1.5"}
 
 
 class RssWatch:
@@ -189,7 +189,7 @@ async def _slow_clients(rss: RssWatch, sidecar: re.Match[str]) -> int:
             response = await http.get(f"http://127.0.0.1:{port}/.well-known/live")
             probes_ok += response.status_code == 204
             rss_peak = max(rss_peak, rss.sample())
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
 
     async def closed_by_sidecar(reader: asyncio.StreamReader) -> bool:
         try:
