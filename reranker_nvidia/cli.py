@@ -50,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         "rank",
         formatter_class=defaults,
         help="rank documents through a running sidecar (gRPC)",
-        description="Rank documents for a query through a running sidecar, best first.",
     )
+    rank.description = "Rank documents for a query through a running sidecar, best first."
     rank.add_argument("--target", default="localhost:50051", help="the sidecar's gRPC HOST:PORT")
     rank.add_argument("--query", required=True, help="what the documents are ranked against")
     rank.add_argument("--model", help="NIM model (default: the sidecar's RERANKER_MODEL)")

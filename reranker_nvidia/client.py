@@ -10,10 +10,11 @@ Failures raise ``RerankError`` with the server's code and message.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import Message
 
 from reranker_nvidia.messages import (
     API_KEY_METADATA,
@@ -29,7 +30,9 @@ from reranker_nvidia.types import (
     CallOptions,
     Hit,
     Meta,
+    RankCall,
     RankedDocuments,
+    RerankCall,
     RerankedHit,
     RerankedHits,
     ScoredDocument,
@@ -53,11 +56,19 @@ def _credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCred
 Metadata = tuple[tuple[str, str], ...]
 
 
-def _options(options: CallOptions) -> pb.RankOptions:
-    unknown = set(options) - set(CallOptions.__annotations__)
+def _check_call(call: Mapping[str, Any], shape: Any, required: Sequence[str] = ()) -> None:
+    """What a typed caller's checker would say, for callers without one. (``required`` is
+    named here: with postponed annotations, a TypedDict cannot tell ``Required`` keys.)"""
+    unknown = set(call) - shape.__required_keys__ - shape.__optional_keys__
     if unknown:
-        raise TypeError(f"unknown call options: {', '.join(sorted(unknown))}")
-    return options_to_proto(options.get("model"), options.get("truncate"))
+        raise TypeError(f"unknown arguments: {', '.join(sorted(unknown))}")
+    missing = set(required) - set(call)
+    if missing:
+        raise TypeError(f"missing keyword arguments: {', '.join(sorted(missing))}")
+
+
+def _options(call: CallOptions) -> pb.RankOptions:
+    return options_to_proto(call.get("model"), call.get("truncate"))
 
 
 class _Requests:
@@ -79,57 +90,42 @@ class _Requests:
         return tuple(pairs)
 
     def rank(
-        self, query: str, documents: Sequence[str], top_n: int | None, options: CallOptions
+        self, query: str, documents: Sequence[str], call: RankCall
     ) -> tuple[pb.RankRequest, Metadata]:
+        _check_call(call, RankCall)
         request = pb.RankRequest(
-            query=query, documents=documents, options=_options(options), top_n=top_n
+            query=query, documents=documents, options=_options(call), top_n=call.get("top_n")
         )
-        return request, self.metadata(options.get("api_key"), options.get("base_url"))
+        return request, self.metadata(call.get("api_key"), call.get("base_url"))
 
     @staticmethod
     def ranked(response: pb.RankResponse, documents: Sequence[str]) -> RankedDocuments:
-        return RankedDocuments(
-            model=response.model,
-            usage=usage_from_proto(response.usage),
-            documents=[
-                ScoredDocument(result.index, result.score, documents[result.index])
-                for result in response.results
-            ],
-        )
+        scored = [ScoredDocument(r.index, r.score, documents[r.index]) for r in response.results]
+        return RankedDocuments(response.model, usage_from_proto(response.usage), scored)
 
-    def rerank(
-        self,
-        hits: Sequence[Hit],
-        properties: Sequence[str],
-        query: str,
-        top_n: int | None,
-        module_config: Mapping[str, Any] | None,
-        options: CallOptions,
-    ) -> tuple[pb.RerankRequest, Metadata]:
+    def rerank(self, hits: Sequence[Hit], call: RerankCall) -> tuple[pb.RerankRequest, Metadata]:
+        _check_call(call, RerankCall, required=("properties", "query"))
         request = pb.RerankRequest(
             hits=[hit_to_proto(hit) for hit in hits],
-            properties=properties,
-            query=query,
-            top_n=top_n,
-            module_config=dict_to_struct(module_config or {}),
-            options=_options(options),
+            properties=call["properties"],
+            query=call["query"],
+            top_n=call.get("top_n"),
+            module_config=dict_to_struct(call.get("module_config") or {}),
+            options=_options(call),
         )
-        return request, self.metadata(options.get("api_key"), options.get("base_url"))
+        return request, self.metadata(call.get("api_key"), call.get("base_url"))
 
     @staticmethod
     def reranked(response: pb.RerankResponse, hits: Sequence[Hit]) -> RerankedHits:
-        return RerankedHits(
-            model=response.model,
-            usage=usage_from_proto(response.usage),
-            hits=[
-                RerankedHit(
-                    hits[entry.original_position],
-                    entry.original_position,
-                    entry.rerank_score if entry.HasField("rerank_score") else None,
-                )
-                for entry in response.hits
-            ],
-        )
+        reranked = [
+            RerankedHit(
+                hits[entry.original_position],
+                entry.original_position,
+                entry.rerank_score if entry.HasField("rerank_score") else None,
+            )
+            for entry in response.hits
+        ]
+        return RerankedHits(response.model, usage_from_proto(response.usage), reranked)
 
     @staticmethod
     def meta(response: pb.GetMetaResponse) -> Meta:
@@ -193,42 +189,24 @@ class RerankerClient(_Client):
     """
 
     def rank(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        top_n: int | None = None,
-        **options: Unpack[CallOptions],
+        self, query: str, documents: Sequence[str], **call: Unpack[RankCall]
     ) -> RankedDocuments:
-        request, metadata = self._requests.rank(query, documents, top_n, options)
-        with _rerank_errors():
-            response = self._stub.Rank(request, metadata=metadata, timeout=self._timeout_s)
-        return _Requests.ranked(response, documents)
+        """``documents`` best first, scored against ``query``; at most ``top_n``."""
+        request, metadata = self._requests.rank(query, documents, call)
+        return _Requests.ranked(self._invoke(self._stub.Rank, request, metadata), documents)
 
-    def rerank(
-        self,
-        hits: Sequence[Hit],
-        *,
-        properties: Sequence[str],
-        query: str,
-        top_n: int | None = None,
-        module_config: Mapping[str, Any] | None = None,
-        **options: Unpack[CallOptions],
-    ) -> RerankedHits:
-        request, metadata = self._requests.rerank(
-            hits, properties, query, top_n, module_config, options
-        )
-        with _rerank_errors():
-            response = self._stub.Rerank(request, metadata=metadata, timeout=self._timeout_s)
-        return _Requests.reranked(response, hits)
+    def rerank(self, hits: Sequence[Hit], **call: Unpack[RerankCall]) -> RerankedHits:
+        """``hits`` reordered by their ``properties`` against ``query``."""
+        request, metadata = self._requests.rerank(hits, call)
+        return _Requests.reranked(self._invoke(self._stub.Rerank, request, metadata), hits)
 
     def meta(self) -> Meta:
-        metadata = self._requests.metadata()
+        request, metadata = pb.GetMetaRequest(), self._requests.metadata()
+        return _Requests.meta(self._invoke(self._stub.GetMeta, request, metadata))
+
+    def _invoke(self, method: Callable[..., Any], request: Message, metadata: Metadata) -> Any:
         with _rerank_errors():
-            response = self._stub.GetMeta(
-                pb.GetMetaRequest(), metadata=metadata, timeout=self._timeout_s
-            )
-        return _Requests.meta(response)
+            return method(request, metadata=metadata, timeout=self._timeout_s)
 
     def close(self) -> None:
         self._channel.close()
@@ -246,42 +224,28 @@ class AsyncRerankerClient(_Client):
     _channels = grpc.aio
 
     async def rank(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        top_n: int | None = None,
-        **options: Unpack[CallOptions],
+        self, query: str, documents: Sequence[str], **call: Unpack[RankCall]
     ) -> RankedDocuments:
-        request, metadata = self._requests.rank(query, documents, top_n, options)
-        with _rerank_errors():
-            response = await self._stub.Rank(request, metadata=metadata, timeout=self._timeout_s)
+        request, metadata = self._requests.rank(query, documents, call)
+        response = await self._invoke(self._stub.Rank, request, metadata)
         return _Requests.ranked(response, documents)
 
-    async def rerank(
-        self,
-        hits: Sequence[Hit],
-        *,
-        properties: Sequence[str],
-        query: str,
-        top_n: int | None = None,
-        module_config: Mapping[str, Any] | None = None,
-        **options: Unpack[CallOptions],
-    ) -> RerankedHits:
-        request, metadata = self._requests.rerank(
-            hits, properties, query, top_n, module_config, options
-        )
-        with _rerank_errors():
-            response = await self._stub.Rerank(request, metadata=metadata, timeout=self._timeout_s)
+    async def rerank(self, hits: Sequence[Hit], **call: Unpack[RerankCall]) -> RerankedHits:
+        request, metadata = self._requests.rerank(hits, call)
+        response = await self._invoke(self._stub.Rerank, request, metadata)
         return _Requests.reranked(response, hits)
 
     async def meta(self) -> Meta:
-        metadata = self._requests.metadata()
-        with _rerank_errors():
-            response = await self._stub.GetMeta(
-                pb.GetMetaRequest(), metadata=metadata, timeout=self._timeout_s
-            )
+        response = await self._invoke(
+            self._stub.GetMeta, pb.GetMetaRequest(), self._requests.metadata()
+        )
         return _Requests.meta(response)
+
+    async def _invoke(
+        self, method: Callable[..., Any], request: Message, metadata: Metadata
+    ) -> Any:
+        with _rerank_errors():
+            return await method(request, metadata=metadata, timeout=self._timeout_s)
 
     async def close(self) -> None:
         await self._channel.close(None)

@@ -7,9 +7,12 @@ importing the client costs nothing but grpcio and protobuf.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypedDict, get_args
+
+# typing.Required is Python 3.11+; grpcio brings typing_extensions for 3.10.
+from typing_extensions import Required
 
 __all__ = [
     "TRUNCATE_VALUES",
@@ -17,7 +20,9 @@ __all__ = [
     "CallOptions",
     "Hit",
     "Meta",
+    "RankCall",
     "RankedDocuments",
+    "RerankCall",
     "RerankedHit",
     "RerankedHits",
     "ScoredDocument",
@@ -38,6 +43,21 @@ class CallOptions(TypedDict, total=False):
     base_url: str | None
     truncate: str | None
     api_key: str | None
+
+
+class RankCall(CallOptions, total=False):
+    """What a ``rank`` call may say besides its query and documents."""
+
+    top_n: int | None
+
+
+class RerankCall(CallOptions, total=False):
+    """What a ``rerank`` call says besides its hits."""
+
+    properties: Required[Sequence[str]]
+    query: Required[str]
+    top_n: int | None
+    module_config: Mapping[str, Any] | None
 
 
 class SearchType(enum.Enum):
@@ -96,19 +116,19 @@ class RerankedHits(Answer):
 
 
 @dataclass(frozen=True)
+class RankedDocuments(Answer):
+    """Documents best first (at most ``top_n``)."""
+
+    documents: list[ScoredDocument]
+
+
+@dataclass(frozen=True)
 class ScoredDocument:
     """A document of a ``rank`` call: its position in the call, its score, its text."""
 
     index: int
     score: float
     document: str
-
-
-@dataclass(frozen=True)
-class RankedDocuments(Answer):
-    """Documents best first (at most ``top_n``)."""
-
-    documents: list[ScoredDocument]
 
 
 @dataclass(frozen=True)

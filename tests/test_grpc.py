@@ -263,3 +263,12 @@ async def test_async_client_ranks_concurrently(sidecar: Sidecar, emulator: Emula
     assert all(result.documents[0].index == 0 for result in results)
     assert emulator.state.peak_in_flight > 1
     assert meta.name == "reranker-nvidia"
+
+
+def test_the_client_refuses_unknown_and_missing_arguments(sidecar: Sidecar) -> None:
+    """The call options are one typed set; untyped callers get Python's usual TypeError."""
+    with RerankerClient(sidecar.grpc_target) as client:
+        with pytest.raises(TypeError, match="unknown arguments: modle"):
+            client.rank("q", ["a"], modle="x")  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="missing keyword arguments: query"):
+            client.rerank([Hit("1", {"content": "a"})], properties=["content"])  # type: ignore[call-arg]
