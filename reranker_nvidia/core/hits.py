@@ -51,15 +51,15 @@ def collection_options(module_config: Mapping[str, Any] | None) -> RankOptions:
     return RankOptions(model=model, base_url=base_url)
 
 
-def rerank_properties(
-    properties: Sequence[str], hit_count: int, *, max_hits: int, max_properties: int
-) -> list[str]:
-    """The distinct property names to rank by, once the request's counts are within limits.
+def rerank_properties(ranker: Ranker, properties: Sequence[str], hit_count: int) -> list[str]:
+    """The distinct property names to rank by, once the request's counts are within the
+    ranker's limits.
 
     Checked before any hit is looked at: the work of a request is hits x properties.
     """
-    check_count("hits", hit_count, max_hits, "RERANKER_MAX_DOCUMENTS")
-    check_count("properties", len(properties), max_properties, "RERANKER_MAX_PROPERTIES")
+    limits = ranker.limits
+    check_count("hits", hit_count, limits.max_documents, "RERANKER_MAX_DOCUMENTS")
+    check_count("properties", len(properties), limits.max_properties, "RERANKER_MAX_PROPERTIES")
     names = list(dict.fromkeys(name for name in properties if name.strip()))
     if not names:
         raise invalid_argument("properties must name at least one property to rerank by")
@@ -81,12 +81,7 @@ async def rerank_hits(
 
     Request ``options`` win over the ``collection``'s, which win over the server's settings.
     """
-    properties = rerank_properties(
-        properties,
-        len(hits),
-        max_hits=ranker.limits.max_documents,
-        max_properties=ranker.limits.max_properties,
-    )
+    properties = rerank_properties(ranker, properties, len(hits))
     check_top_n(top_n)
     texts = [hit_text(hit, properties) for hit in hits]
     ranked_positions = [position for position, text in enumerate(texts) if text]

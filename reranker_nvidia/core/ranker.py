@@ -122,11 +122,13 @@ class Ranker:
             raise invalid_argument("query must not be empty")
         limits = self.limits
         check_count("documents", len(documents), limits.max_documents, "RERANKER_MAX_DOCUMENTS")
-        text_bytes = _utf8_length(query)
-        _check_unicode("query", query)
+        text_bytes = _utf8_size("query", query)
         for index, document in enumerate(documents):
-            _check_unicode(f"documents[{index}]", document)
-            text_bytes += _utf8_length(document)
+            # The field name is only spelled out for the rare text that is not ASCII.
+            if document.isascii():
+                text_bytes += len(document)
+            else:
+                text_bytes += _utf8_size(f"documents[{index}]", document)
         limit = limits.max_text_bytes
         if text_bytes > limit:
             raise invalid_argument(
@@ -186,16 +188,13 @@ def check_count(field: str, count: int, limit: int, variable: str) -> None:
         )
 
 
-def _utf8_length(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-
-
-def _check_unicode(field: str, text: str) -> None:
-    """JSON can carry lone surrogates (``"\\ud800"``) that no UTF-8 request can."""
-    if text.isascii():  # O(1) in CPython
-        return
+def _utf8_size(field: str, text: str) -> int:
+    """Bytes of ``text`` in UTF-8, encoded once. ASCII is the common case and costs O(1);
+    JSON can carry lone surrogates (``"\\ud800"``) that no UTF-8 request can."""
+    if text.isascii():
+        return len(text)
     try:
-        text.encode("utf-8")
+        return len(text.encode("utf-8"))
     except UnicodeEncodeError:
         raise invalid_argument(f"{field}: not valid Unicode (a lone surrogate)") from None
 

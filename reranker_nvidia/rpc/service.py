@@ -160,15 +160,9 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
     async def _rerank(
         self, request: pb.RerankRequest, metadata: dict[str, str], budget_s: float | None
     ) -> pb.RerankResponse:
-        limits = self.ranker.limits
         # Admitted, and its counts checked, before a single hit is converted.
         async with self.admission.admit():
-            properties = rerank_properties(
-                request.properties,
-                len(request.hits),
-                max_hits=limits.max_documents,
-                max_properties=limits.max_properties,
-            )
+            properties = rerank_properties(self.ranker, request.properties, len(request.hits))
             hits = await _off_loop_when_large(
                 len(request.hits),
                 lambda: [hit_from_proto(hit, properties) for hit in request.hits],

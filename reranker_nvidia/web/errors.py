@@ -20,6 +20,7 @@ log = logging.getLogger("reranker_nvidia.http")
 
 Contract = Literal["weaviate", "nim", "cohere", "other"]
 COHERE_PATHS = frozenset({"/v1/rerank", "/v2/rerank"})
+NIM_NO_KEY_HINT = "; on this route send the key as Authorization: Bearer <key>"
 
 _STATUS = {
     ErrorCode.INVALID_ARGUMENT: 400,
@@ -84,9 +85,6 @@ def error_response(path: str, error: RerankError, status: int | None = None) -> 
     else:
         body = {"error": error.message}
     return JSONResponse(body, status_code=status, headers=retry_headers(error))
-
-
-NIM_NO_KEY_HINT = "; on this route send the key as Authorization: Bearer <key>"
 
 
 def validation_message(errors: Sequence[Any]) -> str:

@@ -65,9 +65,6 @@ class RequestsInFlight:
         self._handlers: set[asyncio.Future[None]] = set()
         self.stopping = False
 
-    def __len__(self) -> int:
-        return len(self._handlers)
-
     def add(self, handler: asyncio.Future[None]) -> None:
         self._handlers.add(handler)
 
