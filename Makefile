@@ -13,7 +13,7 @@ GRPC_PORT ?=
 PORT ?= 8000
 SERVE_FLAGS := $(if $(HTTP_PORT),--http-port $(HTTP_PORT)) $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT))
 
-.PHONY: install install-dev run test test-quick lint format proto emulate demo soak bench clean
+.PHONY: install install-dev run test test-quick lint format proto emulate demo soak bench bench-peers clean
 
 install: $(RUNTIME)
 install-dev: $(DEV)
@@ -43,6 +43,18 @@ demo: $(RUNTIME)
 bench: $(DEV)
 	$(BIN)/python -m bench.bench
 
+# LiteLLM's proxy, for the side-by-side benchmark, in a venv of its own (it pins its own
+# versions of FastAPI and friends).
+PEERS_VENV ?= .venv-peers
+LITELLM_VERSION ?= 1.106.2
+$(PEERS_VENV)/.installed:
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check install --progress-bar on 'litellm[proxy]==$(LITELLM_VERSION)'
+	touch $@
+
+bench-peers: $(DEV) $(PEERS_VENV)/.installed
+	$(BIN)/python -m bench.peers --litellm $(PEERS_VENV)/bin/litellm
+
 SOAK_SECONDS ?= 60
 SOAK_RATE ?= 50
 soak: $(DEV)
@@ -68,4 +80,4 @@ proto: $(DEV)
 	$(BIN)/python proto/generate.py .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
+	rm -rf $(VENV) $(PEERS_VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

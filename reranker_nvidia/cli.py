@@ -140,12 +140,15 @@ def _serve(args: argparse.Namespace) -> int:
         for secret in (settings.api_key, settings.auth_token)
         if secret is not None
     ]
-    logs.configure(settings.log_level, settings.log_format, secrets)
+    flush_logs = logs.configure(settings.log_level, settings.log_format, secrets)
     try:
         _run(SidecarServer(settings).serve_until_signalled())
     except StartupError as error:
+        flush_logs()
         print(f"reranker-nvidia: {error}", file=sys.stderr)
         return 2
+    finally:
+        flush_logs()
     return 0
 
 

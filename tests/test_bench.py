@@ -26,15 +26,20 @@ def test_a_quick_bench_writes_every_row(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     results = json.loads(output.read_text())
     assert set(results["latency"]) == {
-        f"{surface} {count}" for surface in ("grpc", "http") for count in (10, 100, 1000)
-    }
+        f"{surface} {count}" for surface in ("grpc", "/rerank") for count in (10, 100, 1000)
+    } | {"/v1/ranking 100", "/v1/rerank 100"}
     own = [row["sidecar_own_ms"] for name, row in results["latency"].items() if "1000" not in name]
     assert all(value > 0 for value in own)
-    assert set(results["throughput"]) == {"1", "16", "64"}
+    assert set(results["throughput"]) == {
+        f"{route} {concurrency}"
+        for route in ("direct", "http", "grpc")
+        for concurrency in (1, 16, 64)
+    }
+    assert all(results["throughput"][f"http {c}"]["cpu_ms_per_request"] > 0 for c in (1, 16, 64))
     assert results["cache"]["hit_upstream_calls"] == 0
     assert results["cache"]["half_overlap_upstream_calls"] == 1
     calls = results["weaviate_4x32"]["upstream_calls"]
     goals = {goal["goal"]: goal for goal in results["goals"]}
     assert goals["Weaviate 4 x 32 -> 1 upstream call"]["met"] is (calls == 1)
-    assert len(goals) == 6
+    assert len(goals) == 10
     assert "| goal | measured | met |" in result.stdout

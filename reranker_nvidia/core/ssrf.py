@@ -14,13 +14,11 @@ Base URLs the operator configured or allow-listed are trusted and skip both chec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import ipaddress
 import re
 import socket
-import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable
 from urllib.parse import SplitResult, urlsplit
 
 import httpcore
@@ -150,130 +148,11 @@ async def public_addresses(resolver: Resolver, host: str, port: int) -> list[str
     return addresses
 
 
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves, checks every address, then connects to a checked address only."""
+def checked_address(resolver: Resolver) -> Callable[[str, int], Awaitable[str]]:
+    """What a guarded connection dials: the host resolved, every address checked, the first
+    (a connection is made to a checked address only, never to the name again)."""
 
-    def __init__(self, resolver: Resolver) -> None:
-        self._resolver = resolver
-        self._inner = httpcore.AnyIOBackend()
+    async def address_of(host: str, port: int) -> str:
+        return (await public_addresses(resolver, host, port))[0]
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        addresses = await public_addresses(self._resolver, host, port)
-        return await self._inner.connect_tcp(
-            addresses[0],
-            port,
-            timeout=timeout,
-            local_address=local_address,
-            socket_options=socket_options,
-        )
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-# httpcore's exceptions as httpx raises them (same names), most specific first, so callers
-# handle one family.
-_HTTPX_ERRORS: tuple[tuple[type[Exception], type[Exception]], ...] = tuple(
-    (getattr(httpcore, name), getattr(httpx, name))
-    for name in (
-        "ConnectTimeout",
-        "ReadTimeout",
-        "WriteTimeout",
-        "PoolTimeout",
-        "TimeoutException",
-        "ConnectError",
-        "ReadError",
-        "WriteError",
-        "RemoteProtocolError",
-        "LocalProtocolError",
-        "UnsupportedProtocol",
-        "ProxyError",
-        "ProtocolError",
-        "NetworkError",
-    )
-)
-
-
-@contextlib.contextmanager
-def _as_httpx_errors() -> Iterator[None]:
-    try:
-        yield
-    except Exception as error:
-        for core, mapped in _HTTPX_ERRORS:
-            if isinstance(error, core):
-                raise mapped(str(error)) from error
-        raise
-
-
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, stream: AsyncIterable[bytes]) -> None:
-        self._stream = stream
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _as_httpx_errors():
-            async for part in self._stream:
-                yield part
-
-    async def aclose(self) -> None:
-        close = getattr(self._stream, "aclose", None)
-        if close is not None:
-            await close()
-
-
-class GuardedTransport(httpx.AsyncBaseTransport):
-    """An httpx transport over httpcore's public pool API whose connections go through the
-    address check (httpx offers no way to hand its own transport a network backend).
-
-    TLS still verifies against (and sends SNI for) the URL's host name, not the address
-    connected to.
-    """
-
-    def __init__(
-        self,
-        *,
-        limits: httpx.Limits,
-        ssl_context: ssl.SSLContext,
-        resolver: Resolver = system_resolver,
-    ) -> None:
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http2=True,
-            network_backend=_GuardedBackend(resolver),
-        )
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        with _as_httpx_errors():
-            response = await self._pool.handle_async_request(core_request)
-        assert isinstance(response.stream, AsyncIterable)
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response.stream),
-            extensions=response.extensions,
-        )
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
+    return address_of

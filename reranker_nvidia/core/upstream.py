@@ -1,7 +1,8 @@
 """The HTTP call to a NIM ranking endpoint, and the checks on what comes back.
 
-One pooled ``httpx.AsyncClient`` per process. Every failure leaves here as a ``RerankError``
-whose message says what went wrong upstream; the API key is never part of any message.
+One set of connection pools per process (``transport.py``). Every failure leaves here as a
+``RerankError`` whose message says what went wrong upstream; the API key is never part of any
+message.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import logging
 import math
 import socket
 import ssl
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -28,11 +28,12 @@ from reranker_nvidia import __version__
 from reranker_nvidia.core.redaction import redact_url, scrub
 from reranker_nvidia.core.ssrf import (
     BlockedAddressError,
-    GuardedTransport,
     Resolver,
+    checked_address,
     public_addresses,
     system_resolver,
 )
+from reranker_nvidia.core.transport import ConnectionPools, Destination
 from reranker_nvidia.errors import (
     RETRYABLE_UPSTREAM_STATUSES,
     ErrorCode,
@@ -47,6 +48,7 @@ log = logging.getLogger("reranker_nvidia.upstream")
 _MAX_DETAIL_CHARS = 300
 # Answers larger than this are parsed on a worker thread, so the event loop keeps serving.
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
+_KNOWN_STATUSES = frozenset(status.value for status in HTTPStatus)
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,8 @@ class UpstreamRanking:
 class NimClient:
     """Sends ranking requests to NIM endpoints over pooled, bounded connections.
 
-    Two pools: one for the base URLs the operator trusts (configured or allow-listed), and one
-    for base URLs a caller chose, whose every connection passes the SSRF address check.
+    Endpoints the operator trusts (configured or allow-listed) and endpoints a caller chose
+    use separate pools; every connection of the second passes the SSRF address check.
     """
 
     def __init__(
@@ -75,45 +77,19 @@ class NimClient:
     ) -> None:
         """``secrets`` (the server's key, the caller token) are cut out of any upstream text
         that reaches an error message, as is the key each call sends. An answer over
-        ``max_answer_bytes`` (decoded) is refused as it streams in."""
+        ``max_answer_bytes`` is refused as it streams in."""
         self._connect_timeout_s = connect_timeout_s
         self._max_answer_bytes = max_answer_bytes
         self._secrets = tuple(secret for secret in secrets if secret)
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
-        common: dict[str, Any] = {
-            "limits": limits,
-            "headers": {
-                "User-Agent": f"reranker-nvidia/{__version__}",
-                "Accept": "application/json",
-            },
-            # A redirect would carry the key to wherever it points.
-            "follow_redirects": False,
-            "verify": shared_ssl_context(),
-        }
-        # HTTP/2 where NIM offers it (negotiated over TLS); HTTP/1.1 keep-alive otherwise.
-        self._trusted = httpx.AsyncClient(**common, http2=True)
-        self._guarded = httpx.AsyncClient(
-            **common,
-            transport=GuardedTransport(
-                limits=limits, ssl_context=shared_ssl_context(), resolver=resolver
-            ),
-        )
         self._resolver = resolver
-        # Through an HTTPS proxy the proxy connects, so the guard checks what the host
-        # resolves to before each call instead (a proxy that resolves differently is the
-        # operator's to trust).
-        proxy = urllib.request.getproxies().get("https")
-        self._guarded_via_proxy = (
-            httpx.AsyncClient(**common, proxy=proxy, trust_env=False) if proxy else None
+        self._pools = ConnectionPools(
+            max_connections=max_connections,
+            ssl_context=shared_ssl_context(),
+            address_of=checked_address(resolver),
         )
 
     async def aclose(self) -> None:
-        await self._trusted.aclose()
-        await self._guarded.aclose()
-        if self._guarded_via_proxy is not None:
-            await self._guarded_via_proxy.aclose()
+        await self._pools.aclose()
 
     async def rank(
         self,
@@ -135,24 +111,39 @@ class NimClient:
         }
         if truncate is not None:
             body["truncate"] = truncate
-        headers = {"Content-Type": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
         where = redact_url(endpoint)
-        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._connect_timeout_s))
         try:
-            client = await self._guarded_client(endpoint) if guarded else self._trusted
-            request = client.build_request(
-                "POST", endpoint, content=orjson.dumps(body), headers=headers, timeout=timeout
+            destination = Destination.of(endpoint)
+            content = orjson.dumps(body)
+            headers = [
+                (b"Host", destination.host_header),
+                *_FIXED_HEADERS,
+                (b"Content-Length", b"%d" % len(content)),
+            ]
+            if api_key:
+                headers.append((b"Authorization", b"Bearer " + api_key.encode("ascii")))
+            request = httpcore.Request(
+                b"POST",
+                destination.url,
+                headers=headers,
+                content=content,
+                extensions={
+                    "timeout": {
+                        "connect": min(timeout_s, self._connect_timeout_s),
+                        "read": timeout_s,
+                        "write": timeout_s,
+                        "pool": timeout_s,
+                    }
+                },
             )
-            response, content = await asyncio.wait_for(
-                self._exchange(client, request, where), timeout_s
+            status, response_headers, answer = await asyncio.wait_for(
+                self._exchange(destination, request, where, guarded), timeout_s
             )
-        except httpx.ConnectTimeout:
+        except httpcore.ConnectTimeout:
             message = f"could not reach NIM at {where}: connecting timed out"
             log.warning("%s", message)
             raise RerankError(ErrorCode.DEADLINE_EXCEEDED, message, retryable=True) from None
-        except (httpx.TimeoutException, asyncio.TimeoutError):
+        except (httpcore.TimeoutException, asyncio.TimeoutError):
             raise RerankError(
                 ErrorCode.DEADLINE_EXCEEDED,
                 f"NIM at {where} did not answer within {timeout_s:.3g} s",
@@ -160,47 +151,71 @@ class NimClient:
             ) from None
         except BlockedAddressError as exc:
             raise RerankError(ErrorCode.PERMISSION_DENIED, f"base URL refused: {exc}") from None
-        except (httpx.InvalidURL, UnicodeError):
+        except (httpx.InvalidURL, httpcore.UnsupportedProtocol, UnicodeError):
             # The core checks both before any call; this keeps a miss a 400, never a 500.
             raise invalid_argument("base_url or api key: cannot be put in a request") from None
-        except httpx.HTTPError as exc:
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError) as exc:
             message = f"could not reach NIM at {where}: {connection_failure(exc)}"
             log.warning("%s", message)
             raise RerankError(ErrorCode.UNAVAILABLE, message, retryable=True) from None
-        payload = await _parse_json(content)
-        if response.status_code != 200:
-            raise _error_from_response(response, payload, where, (*self._secrets, api_key))
+        payload = await _parse_json(answer)
+        if status != 200:
+            raise _error_from_response(
+                status, response_headers, payload, where, (*self._secrets, api_key)
+            )
         return _parse_ranking(payload, len(passages), where)
 
-    async def _guarded_client(self, endpoint: str) -> httpx.AsyncClient:
-        host = urlsplit(endpoint).hostname or ""
-        if self._guarded_via_proxy is None or urllib.request.proxy_bypass(host):
-            return self._guarded
-        # A name this process cannot resolve is the proxy's to resolve, or to fail on.
-        with contextlib.suppress(httpcore.ConnectError):
-            await public_addresses(self._resolver, host, 443)
-        return self._guarded_via_proxy
-
     async def _exchange(
-        self, client: httpx.AsyncClient, request: httpx.Request, where: str
-    ) -> tuple[httpx.Response, bytes]:
-        """The response and its body, read as it streams in and refused past the limit."""
+        self, destination: Destination, request: httpcore.Request, where: str, guarded: bool
+    ) -> tuple[int, Headers, bytes]:
+        proxy = self._pools.proxy_for(destination)
+        if proxy is not None:
+            if guarded:
+                # Through a proxy the proxy connects, so the guard checks what the host
+                # resolves to before each call instead (a proxy that resolves differently is
+                # the operator's to trust). A name this process cannot resolve is the
+                # proxy's to resolve, or to fail on.
+                with contextlib.suppress(httpcore.ConnectError):
+                    await public_addresses(self._resolver, destination.host, 443)
+            return await self._read(await proxy.handle_async_request(request), where)
+        pool = self._pools.guarded if guarded else self._pools.trusted
+        async with pool.connection(destination.url) as connection:
+            return await self._read(await connection.handle_async_request(request), where)
+
+    async def _read(self, response: httpcore.Response, where: str) -> tuple[int, Headers, bytes]:
+        """The status, headers and body, read as it streams in and refused past the limit."""
         limit = self._max_answer_bytes
-        response = await client.send(request, stream=True)
         try:
-            declared = response.headers.get("Content-Length", "")
+            declared = _header(response.headers, b"content-length") or b""
             if declared.isdigit() and int(declared) > limit:
                 raise _too_large(where, limit)
             chunks: list[bytes] = []
             size = 0
-            async for chunk in response.aiter_bytes():
+            assert isinstance(response.stream, AsyncIterable)
+            async for chunk in response.stream:
                 size += len(chunk)
                 if size > limit:
                     raise _too_large(where, limit)
                 chunks.append(chunk)
         finally:
             await response.aclose()
-        return response, b"".join(chunks)
+        return response.status, response.headers, b"".join(chunks)
+
+
+Headers = list[tuple[bytes, bytes]]
+_FIXED_HEADERS: Headers = [
+    (b"User-Agent", f"reranker-nvidia/{__version__}".encode()),
+    (b"Accept", b"application/json"),
+    (b"Content-Type", b"application/json"),
+]
+
+
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case)."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -227,7 +242,7 @@ def connection_failure(error: BaseException) -> str:
         if isinstance(cause, OSError) and cause.strerror:
             return f"connection failed ({cause.strerror})"
         cause = cause.__cause__ or cause.__context__
-    if isinstance(error, httpx.RemoteProtocolError):
+    if isinstance(error, httpcore.RemoteProtocolError):
         return "the connection closed before an answer"
     return f"connection failed ({type(error).__name__})"
 
@@ -265,16 +280,16 @@ async def _parse_json(content: bytes) -> object:
 
 
 def _error_from_response(
-    response: httpx.Response, payload: object, where: str, secrets: Sequence[str | None]
+    status: int, headers: Headers, payload: object, where: str, secrets: Sequence[str | None]
 ) -> RerankError:
-    status = response.status_code
     # Scrubbed before it is cut short, so that no part of a secret survives the cut.
-    detail = _clip(scrub(_detail_of(payload, response.reason_phrase), secrets))
+    reason = HTTPStatus(status).phrase if status in _KNOWN_STATUSES else ""
+    detail = _clip(scrub(_detail_of(payload, reason), secrets))
     return RerankError(
         code_for_upstream_status(status),
         f"NIM at {where} answered {status}: {detail}",
         upstream_status=status,
-        retry_after_s=_retry_after(response),
+        retry_after_s=_retry_after(headers),
         retryable=status in RETRYABLE_UPSTREAM_STATUSES,
     )
 
@@ -297,8 +312,8 @@ def _detail_of(payload: object, reason: str) -> str:
     return json.dumps(payload)[: _MAX_DETAIL_CHARS * 4]
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+def _retry_after(headers: Headers) -> float | None:
+    value = _header(headers, b"retry-after")
     if value is None:
         return None
     try:

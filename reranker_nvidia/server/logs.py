@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
-from collections.abc import Sequence
+import logging.handlers
+import queue
+from collections.abc import Callable, Sequence
 
 from reranker_nvidia.core.redaction import escape_controls, scrub
 from reranker_nvidia.core.request_context import request_id, request_secrets
+
+# Lines waiting for the writer thread; past this, lines are dropped (and counted).
+_QUEUED_LINES = 10_000
 
 
 class _RequestIdFilter(logging.Filter):
@@ -59,16 +65,66 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str, log_format: str, secrets: Sequence[str] = ()) -> None:
-    """Log to stderr in ``log_format``; ``secrets`` never appear in a line."""
-    handler = logging.StreamHandler()
-    handler.addFilter(_RequestIdFilter(secrets))
+class _Handoff(logging.handlers.QueueHandler):
+    """Hands each record to the writer thread once its filter has run here (the request id is
+    read from this thread's context, secrets masked); formatting and the write to stderr
+    happen on the writer thread, off the event loop. A full queue drops lines and says how
+    many, rather than growing or blocking the loop."""
+
+    def __init__(self, records: queue.Queue[logging.LogRecord | None]) -> None:
+        super().__init__(records)
+        self._records = records
+        self._dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record  # same process: the record crosses threads as it is
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            if self._dropped:
+                self._records.put_nowait(_dropped_lines(self._dropped))
+                self._dropped = 0
+            self._records.put_nowait(record)
+        except queue.Full:
+            self._dropped += 1
+
+
+def _dropped_lines(count: int) -> logging.LogRecord:
+    return logging.makeLogRecord(
+        {
+            "name": __name__,
+            "levelno": logging.WARNING,
+            "levelname": "WARNING",
+            "msg": f"{count} log line(s) dropped: the log writer fell behind",
+            "request_id": "-",
+        }
+    )
+
+
+def configure(level: str, log_format: str, secrets: Sequence[str] = ()) -> Callable[[], None]:
+    """Log to stderr in ``log_format``; ``secrets`` never appear in a line. Returns what
+    writes out every line still queued and stops the writer (also run at exit)."""
+    writer = logging.StreamHandler()
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        writer.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
+        writer.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
         )
+    records: queue.Queue[logging.LogRecord | None] = queue.Queue(_QUEUED_LINES)
+    handler = _Handoff(records)
+    handler.addFilter(_RequestIdFilter(secrets))
+    listener = logging.handlers.QueueListener(records, writer)
+    listener.start()
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            listener.stop()
+
+    atexit.register(stop)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -80,3 +136,4 @@ def configure(level: str, log_format: str, secrets: Sequence[str] = ()) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    return stop

@@ -12,12 +12,13 @@ from fastapi.responses import PlainTextResponse
 from reranker_nvidia import __version__
 from reranker_nvidia.core import CONTENT_TYPE, Metrics, Ranker, request_id
 from reranker_nvidia.types import Meta
-from reranker_nvidia.web.cohere import cohere_router
+from reranker_nvidia.web.body import document_request_bodies
+from reranker_nvidia.web.cohere import RerankRequest, cohere_router
 from reranker_nvidia.web.docs import add_offline_docs
 from reranker_nvidia.web.errors import contract_of, install_error_handlers
 from reranker_nvidia.web.guard import HttpGuard, RequestsInFlight
-from reranker_nvidia.web.nim import nim_router
-from reranker_nvidia.web.weaviate import weaviate_router
+from reranker_nvidia.web.nim import NimRankingRequest, nim_router
+from reranker_nvidia.web.weaviate import WeaviateRerankRequest, weaviate_router
 
 # Probes and scrapes come every few seconds: counted in the metrics, not logged.
 QUIET_PATHS = frozenset({"/.well-known/live", "/.well-known/ready", "/metrics"})
@@ -77,6 +78,7 @@ def create_http_app(
     app.include_router(weaviate_router(ranker, meta, is_ready, contract_truncate))
     app.include_router(nim_router(ranker, models))
     app.include_router(cohere_router(ranker, contract_truncate))
+    document_request_bodies(app, [WeaviateRerankRequest, NimRankingRequest, RerankRequest])
 
     @app.get(
         "/metrics",

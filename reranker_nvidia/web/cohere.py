@@ -6,10 +6,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from reranker_nvidia.core import Ranker
+from reranker_nvidia.web.body import json_response, read_body, request_body_schema
 from reranker_nvidia.web.options import (
     header_options,
     request_budget,
@@ -90,7 +91,8 @@ def cohere_router(ranker: Ranker, truncate: str) -> APIRouter:
     ``max_tokens_per_doc`` (then END); Cohere itself truncates."""
     router = APIRouter(tags=["Cohere/Jina rerank API"])
 
-    async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
+    async def rerank(request: Request) -> Response:
+        body = await read_body(request, RerankRequest)
         texts = [doc if isinstance(doc, str) else doc.text for doc in body.documents]
         ranking = await ranker.rank(
             body.query,
@@ -103,23 +105,26 @@ def cohere_router(ranker: Ranker, truncate: str) -> APIRouter:
             top_n=body.top_n,
             budget_s=request_budget(request),
         )
-        return RerankResponse(
-            id=str(uuid.uuid4()),
-            model=ranking.model,
-            results=[
-                RerankResult(
-                    index=i,
-                    relevance_score=ranking.scores[i],
-                    document=RerankDocument(text=texts[i]) if body.return_documents else None,
-                )
+        scores = ranking.scores
+        if body.return_documents:
+            results = [
+                {"index": i, "relevance_score": scores[i], "document": {"text": texts[i]}}
                 for i in ranking.order()
-            ],
-            meta=RerankMeta(
-                billed_units=BilledUnits(
-                    search_units=max(1, -(-len(texts) // DOCUMENTS_PER_SEARCH_UNIT))
-                )
-            ),
-            usage=RerankUsage(total_tokens=ranking.usage.total_tokens),
+            ]
+        else:
+            results = [{"index": i, "relevance_score": scores[i]} for i in ranking.order()]
+        return json_response(
+            {
+                "id": str(uuid.uuid4()),
+                "model": ranking.model,
+                "results": results,
+                "meta": {
+                    "billed_units": {
+                        "search_units": max(1, -(-len(texts) // DOCUMENTS_PER_SEARCH_UNIT))
+                    }
+                },
+                "usage": {"total_tokens": ranking.usage.total_tokens},
+            }
         )
 
     for path in ("/v1/rerank", "/v2/rerank"):
@@ -128,7 +133,7 @@ def cohere_router(ranker: Ranker, truncate: str) -> APIRouter:
             rerank,
             methods=["POST"],
             response_model=RerankResponse,
-            response_model_exclude_none=True,
             summary=f"Rerank documents (Cohere/Jina shape, {path.split('/')[1]})",
+            openapi_extra=request_body_schema(RerankRequest),
         )
     return router

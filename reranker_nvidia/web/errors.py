@@ -95,7 +95,7 @@ def validation_message(errors: Sequence[Any]) -> str:
         where = ".".join(loc) or "body"
         if error.get("type") == "json_invalid":
             problems.append("body: not valid JSON")
-        elif not loc and error.get("type") in ("model_attributes_type", "dict_type"):
+        elif not loc and error.get("type") in ("model_attributes_type", "model_type", "dict_type"):
             problems.append("body: must be a JSON object")
         else:
             problems.append(f"{where}: {error.get('msg', 'invalid')}")

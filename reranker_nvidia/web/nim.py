@@ -12,17 +12,16 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from reranker_nvidia.core import Ranker
 from reranker_nvidia.nim_schema import (
-    NimRanking,
     NimRankingResponse,
     NimText,
     NimTruncate,
-    NimUsage,
 )
+from reranker_nvidia.web.body import json_response, read_body, request_body_schema
 from reranker_nvidia.web.options import (
     header_options,
     request_budget,
@@ -78,9 +77,8 @@ def nim_router(ranker: Ranker, models: Sequence[str]) -> APIRouter:
         ]
     )
 
-    async def rank(
-        body: NimRankingRequest, request: Request, path_model: str | None
-    ) -> NimRankingResponse:
+    async def rank(request: Request, path_model: str | None) -> Response:
+        body = await read_body(request, NimRankingRequest)
         options = replace(
             header_options(request), model=body.model or path_model, truncate=body.truncate
         )
@@ -91,34 +89,46 @@ def nim_router(ranker: Ranker, models: Sequence[str]) -> APIRouter:
             top_n=body.top_k if body.top_k is not None else body.top_n,
             budget_s=request_budget(request),
         )
-        return NimRankingResponse(
-            rankings=[NimRanking(index=i, logit=ranking.scores[i]) for i in ranking.order()],
-            usage=NimUsage(
-                prompt_tokens=ranking.usage.prompt_tokens, total_tokens=ranking.usage.total_tokens
-            ),
+        scores = ranking.scores
+        usage = ranking.usage
+        return json_response(
+            {
+                "rankings": [{"index": i, "logit": scores[i]} for i in ranking.order()],
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "total_tokens": usage.total_tokens,
+                },
+            }
         )
 
-    @router.post("/v1/ranking", summary="Rank passages (self-hosted NIM's path)")
-    async def ranking(body: NimRankingRequest, request: Request) -> NimRankingResponse:
-        return await rank(body, request, None)
+    body_schema = request_body_schema(NimRankingRequest)
+
+    @router.post(
+        "/v1/ranking",
+        summary="Rank passages (self-hosted NIM's path)",
+        response_model=NimRankingResponse,
+        openapi_extra=body_schema,
+    )
+    async def ranking(request: Request) -> Response:
+        return await rank(request, None)
 
     @router.post(
         "/v1/retrieval/{segment}/reranking",
         summary="Rank passages (hosted NIM's path; also /v1/retrieval/{model}/reranking)",
+        response_model=NimRankingResponse,
+        openapi_extra=body_schema,
     )
-    async def retrieval(
-        segment: str, body: NimRankingRequest, request: Request
-    ) -> NimRankingResponse:
-        return await rank(body, request, None if segment == LEGACY_PATH_SEGMENT else segment)
+    async def retrieval(segment: str, request: Request) -> Response:
+        return await rank(request, None if segment == LEGACY_PATH_SEGMENT else segment)
 
     @router.post(
         "/v1/retrieval/{org}/{model}/reranking",
         summary="Rank passages with the model named in the path (hosted NIM's per-model path)",
+        response_model=NimRankingResponse,
+        openapi_extra=body_schema,
     )
-    async def retrieval_model(
-        org: str, model: str, body: NimRankingRequest, request: Request
-    ) -> NimRankingResponse:
-        return await rank(body, request, f"{org}/{model}")
+    async def retrieval_model(org: str, model: str, request: Request) -> Response:
+        return await rank(request, f"{org}/{model}")
 
     @router.get(
         "/v1/models",

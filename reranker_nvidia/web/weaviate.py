@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from reranker_nvidia.core import Ranker
 from reranker_nvidia.errors import invalid_argument
 from reranker_nvidia.types import Meta
+from reranker_nvidia.web.body import json_response, read_body, request_body_schema
 from reranker_nvidia.web.options import (
     header_options,
     request_budget,
@@ -76,11 +77,12 @@ def weaviate_router(
     @router.post(
         "/rerank",
         response_model=WeaviateRerankResponse,
-        response_model_exclude_none=False,
         summary="Score documents (batch) or one text (single) against a query",
         responses={400: {"model": WeaviateError}, 502: {"model": WeaviateError}},
+        openapi_extra=request_body_schema(WeaviateRerankRequest),
     )
-    async def rerank(body: WeaviateRerankRequest, request: Request) -> WeaviateRerankResponse:
+    async def rerank(request: Request) -> Response:
+        body = await read_body(request, WeaviateRerankRequest)
         options = replace(header_options(request), truncate=truncate)
         budget_s = request_budget(request)
         if body.documents is not None:
@@ -91,18 +93,23 @@ def weaviate_router(
                 budget_s=budget_s,
                 siblings_expected=len(body.documents) == WEAVIATE_CHUNK_SIZE,
             )
-            return WeaviateRerankResponse(
-                query=body.query,
-                scores=[
-                    DocumentScore(document=document, score=score)
-                    for document, score in zip(body.documents, ranking.scores, strict=True)
-                ],
+            scores = [
+                {"document": document, "score": score}
+                for document, score in zip(body.documents, ranking.scores, strict=True)
+            ]
+            return json_response(
+                {"query": body.query, "scores": scores, "property": None, "score": None}
             )
         if body.property is None:
             raise invalid_argument("documents: required (or property, for a single text)")
         ranking = await ranker.rank(body.query, [body.property], options, budget_s=budget_s)
-        return WeaviateRerankResponse(
-            query=body.query, property=body.property, score=ranking.scores[0]
+        return json_response(
+            {
+                "query": body.query,
+                "scores": None,
+                "property": body.property,
+                "score": ranking.scores[0],
+            }
         )
 
     return router

@@ -1,0 +1,286 @@
+"""The sidecar beside LiteLLM's proxy, both in front of the same NIM emulator on loopback.
+
+    python -m bench.peers --litellm .venv-peers/bin/litellm [--pairs 300] [--seconds 8]
+
+(``make bench-peers`` installs ``litellm[proxy]`` into its own venv and runs this.)
+
+Starts the emulator, the sidecar and LiteLLM's proxy (one worker, the emulator as its
+``nvidia_nim`` rerank model) as processes, then measures, at 100 passages of ~400 characters
+and a fresh query each request (so no cache answers):
+
+- added latency: direct, the sidecar's ``/rerank`` and ``/v1/rerank``, and LiteLLM's
+  ``/rerank``, called in turn ``--pairs`` times; p50 and p99 minus the direct call's;
+- throughput at concurrency 16 and 64 for ``--seconds`` each: requests/s, as a share of
+  direct, and each proxy's CPU time per request (user + system, from ``/proc``).
+
+Prints the rows and the ratios LiteLLM / sidecar, and writes bench/peers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import secrets
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from bench.bench import JSON, MODEL, cpu_seconds, fresh_query, passage, percentile
+from bench.processes import (
+    EMULATOR_READY,
+    SERVE,
+    SIDECAR_READY,
+    clean_environment,
+    running,
+)
+
+RESULTS = Path(__file__).resolve().parent / "peers.json"
+LITELLM_MODEL = "nim-rerank"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def litellm_proxy(litellm: str, emulator_url: str) -> Iterator[tuple[int, int, str]]:
+    """LiteLLM's proxy with the emulator as its rerank model: (pid, port, master key)."""
+    master_key = "sk-" + secrets.token_hex(24)
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "config.yaml"
+        config.write_text(
+            "model_list:\n"
+            f"  - model_name: {LITELLM_MODEL}\n"
+            "    litellm_params:\n"
+            f"      model: nvidia_nim/{MODEL}\n"
+            f"      api_base: {emulator_url}/v1\n"
+            "      api_key: nvapi-bench\n"
+            "litellm_settings:\n"
+            "  telemetry: false\n"
+        )
+        env = {
+            **clean_environment(),
+            "LITELLM_MASTER_KEY": master_key,
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of the cost map at start-up
+            "LITELLM_LOG": "ERROR",
+        }
+        command = [litellm, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+        child = subprocess.Popen(
+            command, env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            _wait_until_live(f"http://127.0.0.1:{port}/health/liveliness", child)
+            yield child.pid, port, master_key
+        finally:
+            child.terminate()
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(5)
+
+
+def _wait_until_live(url: str, child: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(f"LiteLLM's proxy exited with {child.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("LiteLLM's proxy did not start within 120 s")
+
+
+@dataclass
+class Route:
+    name: str
+    url: str
+    body: Callable[[str, list[str]], dict[str, Any]]
+    headers: dict[str, str]
+    pid: int | None = None
+
+
+def routes(
+    emulator: str, sidecar: str, litellm: str, key: str, pids: tuple[int, int]
+) -> list[Route]:
+    def nim(query: str, documents: list[str]) -> dict[str, Any]:
+        passages = [{"text": text} for text in documents]
+        return {"model": MODEL, "query": {"text": query}, "passages": passages}
+
+    def weaviate(query: str, documents: list[str]) -> dict[str, Any]:
+        return {"query": query, "documents": documents}
+
+    def cohere(model: str) -> Callable[[str, list[str]], dict[str, Any]]:
+        return lambda query, documents: {"model": model, "query": query, "documents": documents}
+
+    sidecar_pid, litellm_pid = pids
+    return [
+        Route("direct", f"{emulator}/v1/ranking", nim, JSON),
+        Route("sidecar /rerank", f"{sidecar}/rerank", weaviate, JSON, sidecar_pid),
+        Route("sidecar /v1/rerank", f"{sidecar}/v1/rerank", cohere(MODEL), JSON, sidecar_pid),
+        Route(
+            "LiteLLM /rerank",
+            f"{litellm}/rerank",
+            cohere(LITELLM_MODEL),
+            {**JSON, "Authorization": f"Bearer {key}"},
+            litellm_pid,
+        ),
+    ]
+
+
+async def call(http: httpx.AsyncClient, route: Route, documents: list[str]) -> None:
+    body = orjson.dumps(route.body(fresh_query(), documents))
+    response = await http.post(route.url, content=body, headers=route.headers)
+    response.raise_for_status()
+
+
+async def added_latency(
+    http: httpx.AsyncClient, all_routes: list[Route], pairs: int
+) -> dict[str, dict[str, float]]:
+    documents = [passage() for _ in range(100)]
+    times: dict[str, list[float]] = {route.name: [] for route in all_routes}
+    for route in all_routes:  # warm every connection first
+        await call(http, route, documents)
+    for _ in range(pairs):
+        for route in all_routes:
+            start = time.perf_counter()
+            await call(http, route, documents)
+            times[route.name].append((time.perf_counter() - start) * 1000)
+    direct = times["direct"]
+    return {
+        name: {
+            "p50_ms": statistics.median(values),
+            "added_p50_ms": statistics.median(values) - statistics.median(direct),
+            "added_p99_ms": percentile(values, 0.99) - percentile(direct, 0.99),
+        }
+        for name, values in times.items()
+    }
+
+
+async def throughput(
+    http: httpx.AsyncClient, route: Route, concurrency: int, seconds: float
+) -> dict[str, float]:
+    documents = [passage() for _ in range(100)]
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            await call(http, route, documents)
+            done += 1
+
+    cpu_before = cpu_seconds(route.pid) if route.pid else 0.0
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    cpu = cpu_seconds(route.pid) - cpu_before if route.pid else float("nan")
+    return {"requests_per_s": done / elapsed, "cpu_ms_per_request": cpu / done * 1000}
+
+
+async def measure(all_routes: list[Route], pairs: int, seconds: float) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        latency = await added_latency(http, all_routes, pairs)
+        rates: dict[str, dict[str, float]] = {}
+        for concurrency in (16, 64):
+            for route in all_routes:
+                if route.name != "sidecar /v1/rerank":
+                    await asyncio.sleep(1)  # what the last row left queued is done by now
+                    row = await throughput(http, route, concurrency, seconds)
+                    rates[f"{route.name} c={concurrency}"] = row
+    return {"latency": latency, "throughput": rates}
+
+
+def report(results: dict[str, Any]) -> str:
+    latency, rates = results["latency"], results["throughput"]
+    lines = ["| route | p50 | added p50 | added p99 |", "|---|---|---|---|"]
+    for name, row in latency.items():
+        lines.append(
+            f"| {name} | {row['p50_ms']:.2f} ms | {row['added_p50_ms']:+.2f} ms"
+            f" | {row['added_p99_ms']:+.2f} ms |"
+        )
+    lines += ["", "| route | requests/s | share of direct | CPU/request |", "|---|---|---|---|"]
+    for name, row in rates.items():
+        direct = rates[f"direct c={name.rsplit('=', 1)[1]}"]["requests_per_s"]
+        cpu = row["cpu_ms_per_request"]
+        lines.append(
+            f"| {name} | {row['requests_per_s']:.0f} | {row['requests_per_s'] / direct:.0%}"
+            f" | {'n/a' if cpu != cpu else f'{cpu:.2f} ms'} |"
+        )
+    ours, theirs = latency["sidecar /rerank"], latency["LiteLLM /rerank"]
+
+    def rate_ratio(concurrency: int) -> str:
+        litellm = rates[f"LiteLLM /rerank c={concurrency}"]["requests_per_s"]
+        sidecar = rates[f"sidecar /rerank c={concurrency}"]["requests_per_s"]
+        return f"c={concurrency} {litellm / sidecar:.2f} x"
+
+    lines += [
+        "",
+        "LiteLLM / sidecar: added p50 "
+        f"{theirs['added_p50_ms'] / ours['added_p50_ms']:.1f} x, added p99 "
+        f"{theirs['added_p99_ms'] / ours['added_p99_ms']:.1f} x; throughput "
+        + ", ".join(rate_ratio(concurrency) for concurrency in (16, 64)),
+    ]
+    return "\n".join(lines)
+
+
+async def main_async(litellm: str, pairs: int, seconds: float) -> dict[str, Any]:
+    env = clean_environment()
+    with running(["emulate-nim", "--port", "0"], env, EMULATOR_READY) as (_, emulator):
+        emulator_url = f"http://127.0.0.1:{emulator[1]}"
+        sidecar_env = {**env, "RERANKER_BASE_URL": emulator_url}
+        with (
+            running(SERVE, sidecar_env, SIDECAR_READY) as (sidecar_process, sidecar),
+            litellm_proxy(litellm, emulator_url) as (litellm_pid, litellm_port, key),
+        ):
+            all_routes = routes(
+                emulator_url,
+                f"http://127.0.0.1:{sidecar[1]}",
+                f"http://127.0.0.1:{litellm_port}",
+                key,
+                (sidecar_process.pid, litellm_pid),
+            )
+            return await measure(all_routes, pairs, seconds)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="The sidecar beside LiteLLM's proxy.")
+    parser.add_argument("--litellm", required=True, help="the litellm command (proxy extra)")
+    parser.add_argument("--pairs", type=int, default=300, help="requests per route, in turn")
+    parser.add_argument("--seconds", type=float, default=8, help="per throughput row")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    args = parser.parse_args()
+    if not re.search(r"litellm$", args.litellm) or not os.access(args.litellm, os.X_OK):
+        parser.error(f"--litellm: not an executable litellm command: {args.litellm}")
+    started = time.perf_counter()
+    results = asyncio.run(main_async(args.litellm, args.pairs, args.seconds))
+    results["seconds"] = time.perf_counter() - started
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(report(results))
+    print(f"\n{results['seconds']:.0f} s; written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
