@@ -13,7 +13,7 @@ GRPC_PORT ?=
 PORT ?= 8000
 SERVE_FLAGS := $(if $(HTTP_PORT),--http-port $(HTTP_PORT)) $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT))
 
-.PHONY: install install-dev run test test-quick lint format proto emulate demo soak bench bench-peers clean
+.PHONY: install install-dev redis-server run test test-quick lint format proto emulate demo soak bench bench-peers clean
 
 install: $(RUNTIME)
 install-dev: $(DEV)
@@ -60,11 +60,19 @@ SOAK_RATE ?= 50
 soak: $(DEV)
 	$(BIN)/python -m bench.soak --duration $(SOAK_SECONDS) --rate $(SOAK_RATE)
 
-test: $(DEV)
+# The multi-replica tests start a real Redis server: Debian's, installed once if missing.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "Installing redis-server (Debian) for the shared-store tests ..."; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y --no-install-recommends redis-server \
+	  || { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends redis-server; }; }
+
+test: $(DEV) redis-server
 	$(BIN)/python -m pytest
 
-# The suite without the long end-to-end runs (benchmark, soak, packaging, load).
-test-quick: $(DEV)
+# The suite without the long end-to-end runs (benchmark, soak, packaging, load, replicas).
+test-quick: $(DEV) redis-server
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(DEV)

@@ -18,6 +18,8 @@ each, all as processes of their own, then measures, each row a median over ``--r
 - cache: a repeated request over HTTP ``/rerank`` (hit latency, upstream calls) and a
   half-overlapping one;
 - Weaviate's pattern: 100 documents as 4 parallel /rerank calls of 32 (upstream calls);
+- three replicas sharing a Redis server (Debian's ``redis-server``) against three without:
+  every other request repeats the one before through another replica (upstream calls, p50);
 - the sidecar's peak RSS during the throughput run.
 
 Prints a table and the goals, met or not, and writes bench/results.json.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -48,6 +51,7 @@ from bench.processes import (
     SERVE,
     SIDECAR_READY,
     WORDS,
+    RedisServer,
     clean_environment,
     rss_mib,
     running,
@@ -298,6 +302,62 @@ async def weaviate_pattern(setup: Setup) -> dict[str, float]:
     return {"upstream_calls": await setup.upstream_calls() - before, "elapsed_ms": elapsed}
 
 
+async def replicas(env: dict[str, str], emulator_url: str, requests: int) -> dict[str, float]:
+    """Three replicas sharing a Redis server against three without one, on a workload where
+    every other request repeats the one before through the next replica: the upstream calls
+    each pays and the p50 over all requests."""
+    store = RedisServer()
+    store.start()
+    try:
+        return {
+            **await _replica_run(env, emulator_url, store.url, requests, "shared"),
+            **await _replica_run(env, emulator_url, None, requests, "alone"),
+        }
+    finally:
+        store.stop()
+
+
+async def _replica_run(
+    env: dict[str, str], emulator_url: str, store_url: str | None, requests: int, name: str
+) -> dict[str, float]:
+    replica_env = {**env, "RERANKER_BASE_URL": emulator_url}
+    if store_url is not None:
+        replica_env["RERANKER_CACHE_URL"] = store_url
+    with contextlib.ExitStack() as stack:
+        started = [
+            stack.enter_context(running(SERVE, replica_env, SIDECAR_READY)) for _ in range(3)
+        ]
+        urls = [f"http://127.0.0.1:{ready[1]}" for _, ready in started]
+        async with httpx.AsyncClient(timeout=60) as http:
+
+            async def upstream_calls() -> float:
+                total = 0.0
+                for url in urls:
+                    for line in (await http.get(url + "/metrics")).text.splitlines():
+                        if line.startswith("reranker_upstream_calls_total{"):
+                            total += float(line.rsplit(" ", 1)[1])
+                return total
+
+            times: list[float] = []
+            before = await upstream_calls()
+            documents: list[str] = []
+            query = ""
+            for number in range(requests):
+                if number % 2 == 0:  # a new request; the next one repeats it elsewhere
+                    documents, query = [passage() for _ in range(20)], fresh_query()
+                url = urls[number % 3]
+                body = {"query": query, "documents": documents}
+                start = time.perf_counter()
+                response = await http.post(
+                    url + "/rerank", content=orjson.dumps(body), headers=JSON
+                )
+                response.raise_for_status()
+                times.append((time.perf_counter() - start) * 1000)
+                await asyncio.sleep(0.02)  # the shared write goes out after the answer
+            calls = await upstream_calls() - before
+    return {f"{name}_upstream_calls": calls, f"{name}_p50_ms": statistics.median(times)}
+
+
 async def core_cache_hit(emulator_url: str, requests: int) -> float:
     """p50 ms of a 100-passage cache hit inside the core, with no RPC around it."""
     settings = Settings(api_key=None, base_url=emulator_url)
@@ -441,6 +501,14 @@ def report(results: dict[str, Any]) -> str:
         f"Weaviate 4 x 32: {results['weaviate_4x32']['upstream_calls']:g} upstream call(s),"
         f" {results['weaviate_4x32']['elapsed_ms']:.1f} ms",
         "",
+        "| 3 replicas, every other request repeated elsewhere | upstream calls | p50 |",
+        "|---|---|---|",
+        *(
+            f"| {label} | {results['replicas'][f'{key}_upstream_calls']:g}"
+            f" | {results['replicas'][f'{key}_p50_ms']:.2f} ms |"
+            for key, label in (("shared", "sharing one Redis"), ("alone", "each on its own"))
+        ),
+        "",
         "| goal | measured | met |",
         "|---|---|---|",
     ]
@@ -464,7 +532,13 @@ async def main_async(runs: int, quick: bool) -> dict[str, Any]:
             running(SERVE, fast_env, SIDECAR_READY) as (process, sidecar),
             running(SERVE, slow_env, SIDECAR_READY) as (_, slow_sidecar),
         ):
-            return await _measure_all(runs, quick, fast, slow, sidecar, slow_sidecar, process.pid)
+            results = await _measure_all(
+                runs, quick, fast, slow, sidecar, slow_sidecar, process.pid
+            )
+        results["replicas"] = await replicas(
+            env, fast_env["RERANKER_BASE_URL"], 20 if quick else 100
+        )
+        return results
 
 
 async def _measure_all(

@@ -135,12 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
         for problem in error.errors():
             print(f"reranker-nvidia: {_settings_problem(problem, overrides)}", file=sys.stderr)
         return 2
-    secrets = [
-        secret.get_secret_value()
-        for secret in (settings.api_key, settings.auth_token)
-        if secret is not None
-    ]
-    flush_logs = logs.configure(settings.log_level, settings.log_format, secrets)
+    flush_logs = logs.configure(settings.log_level, settings.log_format, settings.secret_values())
     try:
         _run(SidecarServer(settings).serve_until_signalled())
     except StartupError as error:

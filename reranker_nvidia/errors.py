@@ -29,6 +29,8 @@ class RerankError(Exception):
 
     ``upstream_status`` is set when NIM answered with an error status, so that surfaces which
     mirror NIM can answer with the same status; ``retry_after_s`` says when to try again.
+    ``rate_limited`` marks a refusal by the NIM budget (``RERANKER_UPSTREAM_RPM/TPM``): the
+    caller is over a rate, not the sidecar over its capacity.
     """
 
     def __init__(
@@ -39,8 +41,10 @@ class RerankError(Exception):
         upstream_status: int | None = None,
         retry_after_s: float | None = None,
         retryable: bool = False,
+        rate_limited: bool = False,
     ) -> None:
         super().__init__(message)
+        self.rate_limited = rate_limited
         self.code = code
         self.message = message
         self.upstream_status = upstream_status

@@ -21,6 +21,8 @@ API_KEY_METADATA = "x-nvidia-api-key"
 BASE_URL_METADATA = "x-nvidia-baseurl"
 TOKEN_METADATA = "x-reranker-token"
 REQUEST_ID_METADATA = "x-request-id"
+# Trailing metadata on a refusal that says when to come back: whole seconds, as HTTP's header.
+RETRY_AFTER_METADATA = "retry-after"
 
 TRUNCATE_FROM_PROTO: dict[pb.Truncate.ValueType, str | None] = {
     pb.TRUNCATE_UNSPECIFIED: None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -69,16 +70,31 @@ class Settings(BaseSettings):
     cache_ttl_s: float = Field(default=3600.0, gt=0)
     cache_scope: Literal["verified", "key", "shared"] = "verified"
     coalesce_window_ms: float = Field(default=3.0, ge=0)
+    # Several replicas: the pair cache and NIM budget in Redis or Valkey.
+    cache_url: SecretStr | None = None
+    cache_password: SecretStr | None = None
+    cache_timeout_ms: float = Field(default=25.0, gt=0, le=10_000)
+    upstream_rpm: int | None = Field(default=None, ge=1)
+    upstream_tpm: int | None = Field(default=None, ge=1)
     log_format: Literal["text", "json"] = "text"
     tls_cert: Path | None = None
     tls_key: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
-    @field_validator("api_key", "auth_token", mode="before")
+    @field_validator("api_key", "auth_token", "cache_url", "cache_password", mode="before")
     @classmethod
     def _blank_secret_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("cache_url")
+    @classmethod
+    def _cache_url_is_redis(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            scheme = value.get_secret_value().partition("://")[0].lower()
+            if scheme not in ("redis", "rediss", "unix"):
+                raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
     @field_validator("log_level", mode="before")
@@ -143,6 +159,20 @@ class Settings(BaseSettings):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {path} does not exist")
         return self
+
+    def secret_values(self) -> list[str]:
+        """Every secret the settings hold, to be masked wherever text leaves the process:
+        the server's key, the caller token, the store's password (given or in its URL)."""
+        values = [
+            secret.get_secret_value()
+            for secret in (self.api_key, self.auth_token, self.cache_password)
+            if secret is not None
+        ]
+        if self.cache_url is not None:
+            password = urlsplit(self.cache_url.get_secret_value()).password
+            if password:
+                values.append(password)
+        return values
 
     def server_key(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key is not None else None

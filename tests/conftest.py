@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bench.processes import RedisServer
 from reranker_nvidia.core.ssrf import Resolver
 from reranker_nvidia.server.assembly import build_core
 from reranker_nvidia.server.sidecar import SidecarServer
@@ -53,6 +54,15 @@ def background() -> Iterator[BackgroundLoop]:
     yield loop
     loop.finish_closing()
     loop.close()
+
+
+@pytest.fixture(scope="session")
+def store() -> Iterator[RedisServer]:
+    """A real Redis server on loopback, shared by the tests that need one."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -42,4 +42,8 @@ def test_a_quick_bench_writes_every_row(tmp_path: Path) -> None:
     goals = {goal["goal"]: goal for goal in results["goals"]}
     assert goals["Weaviate 4 x 32 -> 1 upstream call"]["met"] is (calls == 1)
     assert len(goals) == 10
+    shared = results["replicas"]
+    # Every other request repeats one through another replica: those are hits only when shared.
+    assert shared["shared_upstream_calls"] == 10
+    assert shared["alone_upstream_calls"] == 20
     assert "| goal | measured | met |" in result.stdout

@@ -236,6 +236,7 @@ def test_every_kubernetes_manifest_validates_against_the_schemas() -> None:
         "Secret",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
+        "StatefulSet",
     }
     for path in resources:
         for doc in manifests(path):
@@ -244,6 +245,23 @@ def test_every_kubernetes_manifest_validates_against_the_schemas() -> None:
     assert set(kustomization["resources"]) == {
         f.name for f in resources if f.name != "secret.yaml"
     }, "every manifest but the Secret (whose value is the operator's) is applied with -k"
+
+
+def test_the_replicas_share_the_valkey_of_the_manifests() -> None:
+    [deployment] = manifests(KUBERNETES / "deployment.yaml")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    service, statefulset = manifests(KUBERNETES / "valkey.yaml")
+    port = service["spec"]["ports"][0]["port"]
+    assert env["RERANKER_CACHE_URL"] == f"redis://{service['metadata']['name']}:{port}/0"
+    settings = Settings(
+        cache_url=env["RERANKER_CACHE_URL"], upstream_rpm=env["RERANKER_UPSTREAM_RPM"]
+    )
+    assert settings.cache_url is not None and settings.upstream_rpm
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    [store] = statefulset["spec"]["template"]["spec"]["containers"]
+    assert {"--maxmemory-policy", "allkeys-lru"} <= set(store["args"]), "a full store evicts"
+    assert store["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def test_the_autoscaler_and_budget_target_the_sidecar() -> None:

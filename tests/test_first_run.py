@@ -55,6 +55,8 @@ def test_start_up_without_a_key_says_what_it_does_and_how_to_try_it() -> None:
         "default (NONE), on the NIM routes and gRPC",
         "  key           none: requests must bring their own",
         "  cache         up to 100000 scores / 64 MiB for 3600 s, scope verified",
+        "  shared store  off: this replica's cache and budget are its own (RERANKER_CACHE_URL)",
+        "  NIM budget    none",
         "  coalescing    window 3 ms",
         "  caller token  off",
         "  TLS           off",

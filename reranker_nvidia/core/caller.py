@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+from reranker_nvidia.core.budget import NimBudget
 from reranker_nvidia.core.metrics import Metrics
 from reranker_nvidia.core.retry import RetryPolicy
 from reranker_nvidia.core.targets import Target
@@ -25,8 +26,11 @@ class UpstreamCaller:
         attempt_timeout_s: float,
         metrics: Metrics,
         verified_keys: VerifiedKeys,
+        budget: NimBudget,
     ) -> None:
-        """``verified_keys`` learns from every answer which keys NIM accepts."""
+        """``verified_keys`` learns from every answer which keys NIM accepts; ``budget``
+        admits every attempt, and hears of every 429 that says when to come back."""
+        self._budget = budget
         self._client = client
         self._retry = retry
         self._slots = asyncio.Semaphore(concurrency)
@@ -43,9 +47,12 @@ class UpstreamCaller:
         attempt = 0
         while True:
             try:
+                await self._budget.admit(target.api_key, len(passages), deadline)
                 async with self._slots:
                     return await self.attempt(target, query, passages, deadline)
             except RerankError as error:
+                if error.upstream_status == 429 and error.retry_after_s:
+                    await self._budget.pause(target.api_key, error.retry_after_s)
                 if not self._retry.should_retry(error, attempt):
                     raise
                 delay = self._retry.delay_s(error, attempt)

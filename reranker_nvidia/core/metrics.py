@@ -94,6 +94,40 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.store_seconds = Histogram(
+            "reranker_store_duration_seconds",
+            "Time of one operation on the shared store, by operation.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "reranker_store_errors",
+            "Shared-store operations that failed or timed out, by operation.",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.store_hits = Counter(
+            "reranker_store_hits",
+            "Passages whose score came from the shared store.",
+            registry=self.registry,
+        )
+        self.store_writes_dropped = Counter(
+            "reranker_store_writes_dropped",
+            "Writes to the shared store dropped (store down, or too many in flight).",
+            registry=self.registry,
+        )
+        self.budget_waits = Counter(
+            "reranker_budget_waits",
+            "Upstream calls that waited for room in the NIM budget.",
+            registry=self.registry,
+        )
+        self.budget_refusals = Counter(
+            "reranker_budget_refusals",
+            "Upstream calls refused: no room in the NIM budget before their deadline.",
+            registry=self.registry,
+        )
+
     def read_at_scrape(self, read: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_Readings(read))
 

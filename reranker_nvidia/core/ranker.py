@@ -19,6 +19,7 @@ from reranker_nvidia.core.coalescer import Coalescer
 from reranker_nvidia.core.redaction import scrub
 from reranker_nvidia.core.request_context import request_secrets
 from reranker_nvidia.core.score_cache import ScoreCache, digest, scope_digest
+from reranker_nvidia.core.shared_cache import SharedScores
 from reranker_nvidia.core.targets import RankOptions, Target, TargetResolver
 from reranker_nvidia.core.verified_keys import VerifiedKeys
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
@@ -61,6 +62,8 @@ class Ranker:
     verified_keys: VerifiedKeys
     coalescer: Coalescer
     admission: Admission
+    shared: SharedScores | None = None
+    """The second cache level, in the store replicas share (``RERANKER_CACHE_URL``)."""
     secrets: tuple[str, ...] = field(default=(), repr=False)
     """The server's key and the caller token: masked in every error, never shown."""
 
@@ -155,12 +158,15 @@ class Ranker:
         prefix += digest(query)
         keys = [prefix + digest(document) for document in documents]
         found: list[float | None] = [None] * len(keys)
+        readable = scope != "verified" or target.api_key in self.verified_keys
         if self.cache.enabled:
-            if scope != "verified" or target.api_key in self.verified_keys:
+            if readable:
                 found = self.cache.get_many(keys)
             else:
                 self.cache.pass_over(len(keys))
         missing = [index for index, score in enumerate(found) if score is None]
+        if missing and self.shared is not None and self.cache.enabled:
+            missing = await self._read_shared(target, keys, found, missing, readable)
         usage = Usage()
         if missing:
             missing_keys = [keys[index] for index in missing]
@@ -174,10 +180,35 @@ class Ranker:
             )
             # The one place scores enter the cache: only answers NIM gave, never errors.
             self.cache.put_many(missing_keys, logits)
+            if self.shared is not None and self.cache.enabled:
+                self.shared.store_scores(missing_keys, logits)
             for index, logit in zip(missing, logits, strict=True):
                 found[index] = logit
         # Every None was a miss, and every miss has its logit now.
         return Ranking(cast(list[float], found), target.model, usage, top_n)
+
+    async def _read_shared(
+        self,
+        target: Target,
+        keys: list[bytes],
+        found: list[float | None],
+        missing: list[int],
+        readable: bool,
+    ) -> list[int]:
+        """Fill ``found`` from the shared store, in one round trip that also asks whether
+        another replica verified this key; the indices still missing."""
+        assert self.shared is not None
+        asked = None if readable else self.verified_keys.digest(target.api_key)
+        stored, verified = await self.shared.lookup([keys[i] for i in missing], asked)
+        if not (readable or verified):
+            return missing
+        if verified:
+            self.verified_keys.learned(target.api_key)
+        hits = [(i, logit) for i, logit in zip(missing, stored, strict=True) if logit is not None]
+        for index, logit in hits:
+            found[index] = logit
+        self.cache.put_many([keys[i] for i, _ in hits], [logit for _, logit in hits])
+        return [index for index in missing if found[index] is None]
 
 
 def check_count(field: str, count: int, limit: int, variable: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -28,6 +29,7 @@ from reranker_nvidia.core import (
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.messages import (
     REQUEST_ID_METADATA,
+    RETRY_AFTER_METADATA,
     hit_from_proto,
     struct_to_dict,
     usage_to_proto,
@@ -83,6 +85,9 @@ async def _answer(
         raise
     except RerankError as error:
         status = status_code_for(error)
+        if error.retry_after_s is not None:
+            wait = str(max(1, math.ceil(error.retry_after_s)))
+            context.set_trailing_metadata(((RETRY_AFTER_METADATA, wait),))
         await context.abort(status, error.message)
     except Exception:
         status = grpc.StatusCode.INTERNAL

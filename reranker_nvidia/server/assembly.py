@@ -6,13 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reranker_nvidia.core.admission import Admission
+from reranker_nvidia.core.budget import NimBudget
 from reranker_nvidia.core.caller import UpstreamCaller
 from reranker_nvidia.core.coalescer import Coalescer
 from reranker_nvidia.core.metrics import Metrics
 from reranker_nvidia.core.ranker import Ranker, RequestLimits
 from reranker_nvidia.core.retry import RetryPolicy
 from reranker_nvidia.core.score_cache import ScoreCache
+from reranker_nvidia.core.shared_cache import SharedScores
 from reranker_nvidia.core.ssrf import Resolver, system_resolver
+from reranker_nvidia.core.store import SharedStore
 from reranker_nvidia.core.targets import RankOptions, TargetResolver
 from reranker_nvidia.core.upstream import NimClient
 from reranker_nvidia.core.verified_keys import VerifiedKeys
@@ -29,19 +32,32 @@ class Core:
     caller: UpstreamCaller
     cache: ScoreCache
     metrics: Metrics
+    store: SharedStore | None = None
+    shared: SharedScores | None = None
 
     async def aclose(self) -> None:
         await self.caller.aclose()
+        if self.shared is not None:
+            await self.shared.flush()
+        if self.store is not None:
+            await self.store.aclose()
 
 
 def build_core(settings: Settings, *, resolver: Resolver = system_resolver) -> Core:
-    secrets = [
-        secret.get_secret_value()
-        for secret in (settings.api_key, settings.auth_token)
-        if secret is not None
-    ]
+    secrets = settings.secret_values()
     metrics = Metrics()
-    verified_keys = VerifiedKeys(ttl_s=settings.cache_ttl_s)
+    store = shared = None
+    if settings.cache_url is not None:
+        store = SharedStore(
+            settings.cache_url.get_secret_value(),
+            password=(
+                settings.cache_password.get_secret_value() if settings.cache_password else None
+            ),
+            timeout_s=settings.cache_timeout_ms / 1000,
+            metrics=metrics,
+        )
+        shared = SharedScores(store, ttl_s=settings.cache_ttl_s, metrics=metrics)
+    verified_keys = VerifiedKeys(ttl_s=settings.cache_ttl_s, shared=shared)
     caller = UpstreamCaller(
         NimClient(
             connect_timeout_s=settings.upstream_connect_timeout_s,
@@ -57,6 +73,9 @@ def build_core(settings: Settings, *, resolver: Resolver = system_resolver) -> C
         attempt_timeout_s=settings.upstream_timeout_s,
         metrics=metrics,
         verified_keys=verified_keys,
+        budget=NimBudget(
+            settings.upstream_rpm, settings.upstream_tpm, metrics=metrics, store=store
+        ),
     )
     coalescer = Coalescer(
         caller.call,
@@ -88,6 +107,7 @@ def build_core(settings: Settings, *, resolver: Resolver = system_resolver) -> C
         verified_keys=verified_keys,
         coalescer=coalescer,
         admission=admission,
+        shared=shared,
         secrets=tuple(secrets),
     )
     metrics.read_at_scrape(
@@ -101,4 +121,4 @@ def build_core(settings: Settings, *, resolver: Resolver = system_resolver) -> C
             "reranker_cache_bytes": cache.size_bytes,
         }
     )
-    return Core(ranker, admission, coalescer, caller, cache, metrics)
+    return Core(ranker, admission, coalescer, caller, cache, metrics, store, shared)

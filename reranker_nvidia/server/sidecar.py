@@ -155,6 +155,14 @@ class SidecarServer:
         warning = missing_key_warning(settings)
         if warning is not None:
             log.warning(warning)
+        store = self.core.store
+        if store is not None and not await store.check():
+            # The store's own outage warning has been logged; this says what it means now.
+            log.warning(
+                "shared store at %s is not reachable: starting with this replica's own cache "
+                "and budget; it is asked again every second",
+                store.where,
+            )
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain, then stop: readiness turns 503 and health NOT_SERVING, new requests are

@@ -61,6 +61,15 @@ def summary(settings: Settings, http_port: int, grpc_port: int) -> str:
     else:
         cache = "off"
     window = settings.coalesce_window_ms
+    if settings.cache_url is not None:
+        shared = f"Redis/Valkey at {redact_url(settings.cache_url.get_secret_value())}"
+    else:
+        shared = "off: this replica's cache and budget are its own (RERANKER_CACHE_URL)"
+    limits = [
+        f"{value} {unit} a minute"
+        for value, unit in ((settings.upstream_rpm, "calls"), (settings.upstream_tpm, "passages"))
+        if value is not None
+    ]
     lines = [
         f"reranker-nvidia {__version__} serving HTTP on {settings.host}:{http_port} "
         f"and gRPC on {settings.host}:{grpc_port}",
@@ -69,6 +78,8 @@ def summary(settings: Settings, http_port: int, grpc_port: int) -> str:
         f"  truncation    {truncation}",
         f"  key           {f'from {source}' if source else 'none: requests must bring their own'}",
         f"  cache         {cache}",
+        f"  shared store  {shared}",
+        f"  NIM budget    {', '.join(limits) + ' per key' if limits else 'none'}",
         f"  coalescing    {f'window {window:g} ms' if window else 'off'}",
         f"  caller token  {'on (X-Reranker-Token)' if settings.auth_token else 'off'}",
         f"  TLS           {'on' if settings.tls_cert else 'off'}",

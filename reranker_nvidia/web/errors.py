@@ -45,10 +45,13 @@ def contract_of(path: str) -> Contract:
 
 
 def http_status(error: RerankError) -> int:
-    """NIM's own 4xx where NIM refused; 502 for NIM's 5xx; 503 when the sidecar itself asks
-    for a retry later (over its in-flight limit, or stopping); else by the error's code."""
+    """NIM's own 4xx where NIM refused; 502 for NIM's 5xx; 429 over the NIM budget; 503 when
+    the sidecar itself asks for a retry later (over its in-flight limit, or stopping); else by
+    the error's code."""
     if error.upstream_status is not None:
         return error.upstream_status if 400 <= error.upstream_status < 500 else 502
+    if error.rate_limited:
+        return 429
     if error.retry_after_s is not None and error.code in (
         ErrorCode.RESOURCE_EXHAUSTED,
         ErrorCode.UNAVAILABLE,

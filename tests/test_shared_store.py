@@ -1,0 +1,177 @@
+"""The shared store and the NIM budget, piece by piece: the budget's rule on a fake clock, a
+store that is down from the start or goes down, and NIM's 429 pausing a key everywhere."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+
+import grpc
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from bench.processes import RedisServer
+from reranker_nvidia.client import RerankerClient
+from reranker_nvidia.core.budget import LocalBudget, NimBudget
+from reranker_nvidia.core.metrics import Metrics
+from reranker_nvidia.core.store import RETRY_AFTER_FAILURE_S, SharedStore
+from reranker_nvidia.emulator import Fault
+from reranker_nvidia.errors import ErrorCode, RerankError
+from reranker_nvidia.settings import Settings
+from reranker_nvidia.v1 import reranker_service_pb2 as pb
+from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
+from tests.conftest import SidecarFactory
+from tests.support import REQUEST_KEY, Emulator
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_calls_per_minute_are_counted_over_a_sliding_window() -> None:
+    clock = FakeClock()
+    budget = LocalBudget(3, None, clock=clock)
+    assert [budget.admit(b"k", 1) for _ in range(3)] == [0, 0, 0]
+    clock.now += 20
+    assert budget.admit(b"k", 1) == pytest.approx(40)  # the first call leaves the window at 60
+    assert budget.admit(b"other key", 1) == 0  # per key
+    clock.now += 40
+    assert budget.admit(b"k", 1) == 0
+
+
+def test_passages_per_minute_wait_for_enough_room_and_a_too_big_call_never_fits() -> None:
+    clock = FakeClock()
+    budget = LocalBudget(None, 100, clock=clock)
+    assert budget.admit(b"k", 60) == 0
+    clock.now += 10
+    assert budget.admit(b"k", 30) == 0
+    assert budget.admit(b"k", 50) == pytest.approx(50)  # room once the 60 leave, at 60 s
+    assert budget.admit(b"k", 101) is None
+    budget.pause(b"k", 5)
+    clock.now += 60
+    assert budget.admit(b"k", 50) == 0
+
+
+async def test_over_budget_waits_when_the_deadline_allows_and_is_refused_otherwise() -> None:
+    clock = FakeClock()
+    budget = NimBudget(1, None, metrics=Metrics(), clock=clock)
+    await budget.admit("nvapi-a-key-123", 1, deadline=clock.now + 5)
+    with pytest.raises(RerankError) as refused:
+        await budget.admit("nvapi-a-key-123", 1, deadline=clock.now + 5)
+    assert refused.value.code is ErrorCode.RESOURCE_EXHAUSTED
+    assert refused.value.rate_limited
+    assert refused.value.retry_after_s == pytest.approx(60)
+    assert "RERANKER_UPSTREAM_RPM" in refused.value.message
+    assert "nvapi-a-key-123" not in refused.value.message
+
+
+async def test_a_store_that_is_down_is_reported_once_and_left_alone_for_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    metrics = Metrics()
+    store = SharedStore(
+        f"redis://:hunter22@127.0.0.1:{closed_port()}/0",
+        password=None,
+        timeout_s=0.5,
+        metrics=metrics,
+        clock=clock,
+    )
+    caplog.set_level(logging.WARNING, "reranker_nvidia.store")
+    try:
+        assert not await store.check()
+        assert not store.available  # asked again only after RETRY_AFTER_FAILURE_S
+        assert await store.run("read", store.client.dbsize) is None
+        clock.now += RETRY_AFTER_FAILURE_S
+        assert not await store.check()
+    finally:
+        await store.aclose()
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert "failed" in warnings[0] and "hunter22" not in warnings[0]
+    assert 'reranker_store_errors_total{operation="ping"} 2.0' in metrics.render().decode()
+
+
+def test_the_sidecar_starts_and_serves_with_the_store_unreachable(
+    make_sidecar: SidecarFactory, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    sidecar = make_sidecar(
+        cache_url=f"redis://127.0.0.1:{closed_port()}/0", cache_size=1000, upstream_rpm=100
+    )
+    for _ in range(2):
+        response = httpx.post(
+            sidecar.http_url + "/rerank", json={"query": "mill", "documents": ["the mill", "a"]}
+        )
+        assert response.status_code == 200
+    assert len(emulator.state.calls) == 1, "the replica's own cache still answers"
+    assert any("is not reachable" in record.getMessage() for record in caplog.records)
+    metrics = httpx.get(sidecar.http_url + "/metrics").text
+    assert "reranker_store_errors_total" in metrics
+
+
+def test_a_bad_store_url_is_a_settings_error_naming_the_variable() -> None:
+    with pytest.raises(ValueError, match="redis://"):
+        Settings(cache_url=SecretStr("http://cache:6379"))
+
+
+def test_a_429_from_nim_pauses_the_key_on_every_replica(
+    make_sidecar: SidecarFactory, emulator: Emulator, store: RedisServer
+) -> None:
+    replicas = [make_sidecar(cache_url=store.url, upstream_rpm=1000) for _ in range(2)]
+    key = f"nvapi-paused-{uuid.uuid4().hex}"
+    emulator.state.faults.append(
+        Fault(status=429, body={"detail": "slow down"}, headers={"Retry-After": "30"})
+    )
+    # Five seconds to spare: too few to wait out the pause, so the refusal comes at once.
+    headers = {"Authorization": f"Bearer {key}", "X-Request-Timeout": "5"}
+    first = httpx.post(
+        replicas[0].http_url + "/rerank", json={"query": "q", "documents": ["a"]}, headers=headers
+    )
+    assert first.status_code == 429
+    calls = len(emulator.state.calls)
+    second = httpx.post(
+        replicas[1].http_url + "/rerank", json={"query": "q", "documents": ["a"]}, headers=headers
+    )
+    assert second.status_code == 429
+    assert len(emulator.state.calls) == calls, "the other replica called NIM during the pause"
+    assert 25 <= int(second.headers["Retry-After"]) <= 30
+    # Another key is not paused.
+    other = httpx.post(
+        replicas[1].http_url + "/rerank",
+        json={"query": "q", "documents": ["a"]},
+        headers={"Authorization": f"Bearer {REQUEST_KEY}"},
+    )
+    assert other.status_code == 200
+
+
+def test_grpc_says_when_to_come_back_over_budget(
+    make_sidecar: SidecarFactory, emulator: Emulator
+) -> None:
+    sidecar = make_sidecar(upstream_rpm=1)
+    with RerankerClient(sidecar.grpc_target) as client:
+        client.rank("first", ["a"])
+        channel = grpc.insecure_channel(sidecar.grpc_target)
+        stub = pb_grpc.RerankerServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Rank(pb.RankRequest(query="second", documents=["a"]), timeout=5)
+        channel.close()
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    error = refused.value
+    assert isinstance(error, grpc.Call)
+    trailing = {item.key: item.value for item in error.trailing_metadata() or ()}
+    assert 55 <= int(trailing["retry-after"]) <= 60
