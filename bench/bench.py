@@ -39,13 +39,14 @@ import re
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
+from bench.load import LeanClient
 from bench.processes import (
     EMULATOR_READY,
     SERVE,
@@ -62,7 +63,6 @@ from reranker_nvidia.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 MODEL = "nvidia/rerank-qa-mistral-4b"
-JSON = {"Content-Type": "application/json"}
 _query_numbers = itertools.count()
 
 
@@ -95,14 +95,16 @@ class Setup:
     grpc: AsyncRerankerClient
     slow_grpc: AsyncRerankerClient
     sidecar_pid: int
+    lean: dict[str, LeanClient] = field(default_factory=dict)
 
     async def direct(self, query: str, documents: list[str], slow: bool = False) -> None:
-        url = (self.slow_direct_url if slow else self.direct_url) + "/v1/ranking"
+        origin = self.slow_direct_url if slow else self.direct_url
         chunks = [documents[i : i + 512] for i in range(0, len(documents), 512)]
         responses = await asyncio.gather(
             *(
                 self.post(
-                    url,
+                    origin,
+                    "/v1/ranking",
                     {
                         "model": MODEL,
                         "query": {"text": query},
@@ -112,15 +114,13 @@ class Setup:
                 for chunk in chunks
             )
         )
-        for response in responses:
-            response.raise_for_status()
+        assert all(responses)
 
     async def rerank_http(self, query: str, documents: list[str]) -> list[float]:
-        response = await self.http.post(
-            self.sidecar_url + "/rerank", json={"query": query, "documents": documents}
+        answer = await self.post(
+            self.sidecar_url, "/rerank", {"query": query, "documents": documents}
         )
-        response.raise_for_status()
-        return [entry["score"] for entry in response.json()["scores"]]
+        return [entry["score"] for entry in orjson.loads(answer)["scores"]]
 
     async def through(self, surface: str, query: str, documents: list[str]) -> None:
         """One request to the sidecar over ``surface`` (a key of ``SURFACES``)."""
@@ -128,11 +128,19 @@ class Setup:
             await self.grpc.rank(query, documents)
             return
         path, body = http_request(surface, query, documents)
-        (await self.post(self.sidecar_url + path, body)).raise_for_status()
+        await self.post(self.sidecar_url, path, body)
 
-    async def post(self, url: str, body: dict[str, Any]) -> httpx.Response:
-        """The same client work for a direct and a proxied call: orjson out, bytes back."""
-        return await self.http.post(url, content=orjson.dumps(body), headers=JSON)
+    async def post(self, origin: str, path: str, body: dict[str, Any]) -> bytes:
+        """The same client work for a direct and a proxied call: orjson out, bytes back,
+        through the lean load client (see ``load.py``)."""
+        client = self.lean.get(origin)
+        if client is None:
+            client = self.lean[origin] = LeanClient(origin)
+        return await client.post(path, orjson.dumps(body))
+
+    def close(self) -> None:
+        for client in self.lean.values():
+            client.close()
 
     async def metrics(self) -> dict[str, float]:
         """The sidecar's Prometheus samples, by name with labels."""
@@ -328,6 +336,9 @@ async def _replica_run(
             stack.enter_context(running(SERVE, replica_env, SIDECAR_READY)) for _ in range(3)
         ]
         urls = [f"http://127.0.0.1:{ready[1]}" for _, ready in started]
+        clients = [LeanClient(url) for url in urls]
+        for client in clients:
+            stack.callback(client.close)
         async with httpx.AsyncClient(timeout=60) as http:
 
             async def upstream_calls() -> float:
@@ -345,13 +356,9 @@ async def _replica_run(
             for number in range(requests):
                 if number % 2 == 0:  # a new request; the next one repeats it elsewhere
                     documents, query = [passage() for _ in range(20)], fresh_query()
-                url = urls[number % 3]
-                body = {"query": query, "documents": documents}
+                body = orjson.dumps({"query": query, "documents": documents})
                 start = time.perf_counter()
-                response = await http.post(
-                    url + "/rerank", content=orjson.dumps(body), headers=JSON
-                )
-                response.raise_for_status()
+                await clients[number % 3].post("/rerank", body)
                 times.append((time.perf_counter() - start) * 1000)
                 await asyncio.sleep(0.02)  # the shared write goes out after the answer
             calls = await upstream_calls() - before
@@ -566,7 +573,10 @@ async def _measure_all(
         )
         await setup.grpc.rank("warm up", ["a"])
         await setup.slow_grpc.rank("warm up", ["a"])
-        return await measure(setup, runs, quick)
+        try:
+            return await measure(setup, runs, quick)
+        finally:
+            setup.close()
 
 
 def main() -> int:

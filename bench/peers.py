@@ -31,14 +31,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
-from bench.bench import JSON, MODEL, cpu_seconds, fresh_query, passage, percentile
+from bench.bench import MODEL, cpu_seconds, fresh_query, passage, percentile
+from bench.load import LeanClient
 from bench.processes import (
     EMULATOR_READY,
     SERVE,
@@ -114,10 +115,23 @@ def _wait_until_live(url: str, child: subprocess.Popen[bytes]) -> None:
 @dataclass
 class Route:
     name: str
-    url: str
+    origin: str
+    path: str
     body: Callable[[str, list[str]], dict[str, Any]]
-    headers: dict[str, str]
+    headers: dict[str, str] = field(default_factory=dict)
     pid: int | None = None
+    clients: list[LeanClient] = field(default_factory=list)
+
+    def client(self) -> LeanClient:
+        """A load client of this route's (one per concurrent caller: each keeps its own
+        keep-alive connections)."""
+        client = LeanClient(self.origin, self.headers)
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
 
 
 def routes(
@@ -135,36 +149,34 @@ def routes(
 
     sidecar_pid, litellm_pid = pids
     return [
-        Route("direct", f"{emulator}/v1/ranking", nim, JSON),
-        Route("sidecar /rerank", f"{sidecar}/rerank", weaviate, JSON, sidecar_pid),
-        Route("sidecar /v1/rerank", f"{sidecar}/v1/rerank", cohere(MODEL), JSON, sidecar_pid),
+        Route("direct", emulator, "/v1/ranking", nim),
+        Route("sidecar /rerank", sidecar, "/rerank", weaviate, pid=sidecar_pid),
+        Route("sidecar /v1/rerank", sidecar, "/v1/rerank", cohere(MODEL), pid=sidecar_pid),
         Route(
             "LiteLLM /rerank",
-            f"{litellm}/rerank",
+            litellm,
+            "/rerank",
             cohere(LITELLM_MODEL),
-            {**JSON, "Authorization": f"Bearer {key}"},
+            {"Authorization": f"Bearer {key}"},
             litellm_pid,
         ),
     ]
 
 
-async def call(http: httpx.AsyncClient, route: Route, documents: list[str]) -> None:
-    body = orjson.dumps(route.body(fresh_query(), documents))
-    response = await http.post(route.url, content=body, headers=route.headers)
-    response.raise_for_status()
+async def call(client: LeanClient, route: Route, documents: list[str]) -> None:
+    await client.post(route.path, orjson.dumps(route.body(fresh_query(), documents)))
 
 
-async def added_latency(
-    http: httpx.AsyncClient, all_routes: list[Route], pairs: int
-) -> dict[str, dict[str, float]]:
+async def added_latency(all_routes: list[Route], pairs: int) -> dict[str, dict[str, float]]:
     documents = [passage() for _ in range(100)]
     times: dict[str, list[float]] = {route.name: [] for route in all_routes}
+    clients = {route.name: route.client() for route in all_routes}
     for route in all_routes:  # warm every connection first
-        await call(http, route, documents)
+        await call(clients[route.name], route, documents)
     for _ in range(pairs):
         for route in all_routes:
             start = time.perf_counter()
-            await call(http, route, documents)
+            await call(clients[route.name], route, documents)
             times[route.name].append((time.perf_counter() - start) * 1000)
     direct = times["direct"]
     return {
@@ -177,17 +189,16 @@ async def added_latency(
     }
 
 
-async def throughput(
-    http: httpx.AsyncClient, route: Route, concurrency: int, seconds: float
-) -> dict[str, float]:
+async def throughput(route: Route, concurrency: int, seconds: float) -> dict[str, float]:
     documents = [passage() for _ in range(100)]
     done = 0
     stop_at = time.perf_counter() + seconds
 
     async def worker() -> None:
         nonlocal done
+        client = route.client()
         while time.perf_counter() < stop_at:
-            await call(http, route, documents)
+            await call(client, route, documents)
             done += 1
 
     cpu_before = cpu_seconds(route.pid) if route.pid else 0.0
@@ -199,16 +210,18 @@ async def throughput(
 
 
 async def measure(all_routes: list[Route], pairs: int, seconds: float) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-        latency = await added_latency(http, all_routes, pairs)
+    try:
+        latency = await added_latency(all_routes, pairs)
         rates: dict[str, dict[str, float]] = {}
         for concurrency in (16, 64):
             for route in all_routes:
                 if route.name != "sidecar /v1/rerank":
                     await asyncio.sleep(1)  # what the last row left queued is done by now
-                    row = await throughput(http, route, concurrency, seconds)
+                    row = await throughput(route, concurrency, seconds)
                     rates[f"{route.name} c={concurrency}"] = row
+    finally:
+        for route in all_routes:
+            route.close()
     return {"latency": latency, "throughput": rates}
 
 
@@ -271,10 +284,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8, help="per throughput row")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args()
-    if not re.search(r"litellm$", args.litellm) or not os.access(args.litellm, os.X_OK):
+    litellm = os.path.abspath(args.litellm)  # the proxy runs in a folder of its own
+    if not re.search(r"litellm$", litellm) or not os.access(litellm, os.X_OK):
         parser.error(f"--litellm: not an executable litellm command: {args.litellm}")
     started = time.perf_counter()
-    results = asyncio.run(main_async(args.litellm, args.pairs, args.seconds))
+    results = asyncio.run(main_async(litellm, args.pairs, args.seconds))
     results["seconds"] = time.perf_counter() - started
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(report(results))

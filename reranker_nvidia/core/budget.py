@@ -216,7 +216,10 @@ class NimBudget:
         return self._local.admit(key_id, passages)
 
     async def pause(self, api_key: str | None, seconds: float) -> None:
-        """NIM said 429, Retry-After ``seconds``: no call with this key for that long."""
+        """NIM said 429, Retry-After ``seconds``: no call with this key for that long (when
+        a budget is set; without one, retries honour Retry-After on their own)."""
+        if not self.limited:
+            return
         key_id = key_id_of(api_key)
         self._local.pause(key_id, seconds)
         store = self._store

@@ -65,7 +65,7 @@ class Ranker:
     shared: SharedScores | None = None
     """The second cache level, in the store replicas share (``RERANKER_CACHE_URL``)."""
     secrets: tuple[str, ...] = field(default=(), repr=False)
-    """The server's key and the caller token: masked in every error, never shown."""
+    """The server's key, the caller token, the store's password: masked in every error."""
 
     def resolve(self, options: RankOptions) -> Target:
         """Where a request with ``options`` would go, and with which key."""
