@@ -40,11 +40,11 @@ emulate: $(RUNTIME)
 demo: $(RUNTIME)
 	$(BIN)/python -m reranker_nvidia.demo
 
-bench: $(DEV)
+bench: $(DEV) redis-server
 	$(BIN)/python -m bench.bench
 
 # LiteLLM's proxy, for the side-by-side benchmark, in a venv of its own (it pins its own
-# versions of FastAPI and friends).
+# versions of FastAPI and friends); the same release as the dev extras' LiteLLM client.
 PEERS_VENV ?= .venv-peers
 LITELLM_VERSION ?= 1.106.2
 $(PEERS_VENV)/.installed:

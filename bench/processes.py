@@ -110,7 +110,8 @@ def rss_mib(pid: int) -> float:
 class RedisServer:
     """``redis-server`` on a loopback port, stopped and started again on the same port."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        self._password = password
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -138,6 +139,7 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                *(["--requirepass", self._password] if self._password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -147,7 +149,8 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
                     connection.sendall(b"PING\r\n")
-                    if connection.recv(16).startswith(b"+PONG"):
+                    # A server with a password answers -NOAUTH: it is up all the same.
+                    if connection.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.05)

@@ -3,8 +3,10 @@ store that is down from the start or goes down, and NIM's 429 pausing a key ever
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import time
 import uuid
 
 import grpc
@@ -23,7 +25,7 @@ from reranker_nvidia.settings import Settings
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 from tests.conftest import SidecarFactory
-from tests.support import REQUEST_KEY, Emulator
+from tests.support import REQUEST_KEY, BackgroundLoop, Emulator
 
 
 class FakeClock:
@@ -175,3 +177,53 @@ def test_grpc_says_when_to_come_back_over_budget(
     assert isinstance(error, grpc.Call)
     trailing = {item.key: item.value for item in error.trailing_metadata() or ()}
     assert 55 <= int(trailing["retry-after"]) <= 60
+
+
+def test_a_store_that_never_answers_costs_a_request_its_timeout_only(
+    make_sidecar: SidecarFactory, emulator: Emulator, background: BackgroundLoop
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):  # reads every command and answers none
+            pass
+        writer.close()
+
+    server = background.run(asyncio.start_server(silent, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    sidecar = make_sidecar(
+        cache_url=f"redis://127.0.0.1:{port}/0", cache_size=1000, cache_timeout_ms=50
+    )
+    time.sleep(RETRY_AFTER_FAILURE_S)  # past the pause after the start-up check timed out
+    started = time.monotonic()
+    response = httpx.post(
+        sidecar.http_url + "/rerank", json={"query": "mill", "documents": ["the mill"]}
+    )
+    assert response.status_code == 200
+    assert time.monotonic() - started < 5, "the request waited on the store"
+    assert len(emulator.state.calls) == 1
+    metrics = httpx.get(sidecar.http_url + "/metrics").text
+    assert 'reranker_store_errors_total{operation="read"} 1.0' in metrics
+    server.close()
+
+
+def test_the_store_password_comes_from_the_url_or_its_own_setting(
+    make_sidecar: SidecarFactory, emulator: Emulator
+) -> None:
+    store = RedisServer(password="s3cret-store-pw")
+    store.start()
+    try:
+        for settings in (
+            {"cache_url": f"redis://:s3cret-store-pw@127.0.0.1:{store.port}/0"},
+            {"cache_url": store.url, "cache_password": "s3cret-store-pw"},
+        ):
+            sidecar = make_sidecar(cache_size=1000, **settings)
+            query = f"password {uuid.uuid4()}"
+            for _ in range(2):
+                response = httpx.post(
+                    sidecar.http_url + "/rerank", json={"query": query, "documents": ["a"]}
+                )
+                assert response.status_code == 200
+            metrics = httpx.get(sidecar.http_url + "/metrics").text
+            assert "reranker_store_errors_total{" not in metrics, metrics
+            assert "s3cret-store-pw" not in metrics
+    finally:
+        store.stop()

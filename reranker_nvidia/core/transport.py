@@ -1,10 +1,9 @@
-"""The connection pools under the NIM client: httpcore's public pool API over a network
+"""The connection pools under the NIM client: httpcore's public connection API over a network
 backend that can send each connection to a checked address.
 
-httpcore's pool asks every pooled connection whether its peer hung up each time it places or
-releases a request; through anyio's stream that question costs a dictionary of attribute
-lookups per connection. The streams here answer it with one ``poll`` on a socket looked up
-once, so a pool of 64 warm connections costs little per call.
+A pooled connection is asked whether its peer hung up before it is used again; through
+anyio's stream that question costs a dictionary of attribute lookups, so the streams here
+answer it with one ``poll`` on a socket looked up once.
 """
 
 from __future__ import annotations
