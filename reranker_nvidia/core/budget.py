@@ -210,9 +210,8 @@ class NimBudget:
                 uuid.uuid4().hex,
             ]
             answer = await self._store.run("budget", lambda: script(keys=keys, args=args))
-            if answer is not None:
-                millis = int(answer)
-                return None if millis < 0 else millis / 1000
+            if isinstance(answer, int):
+                return None if answer < 0 else answer / 1000
         return self._local.admit(key_id, passages)
 
     async def pause(self, api_key: str | None, seconds: float) -> None:

@@ -12,6 +12,7 @@ waiting for it.
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 from collections.abc import Callable, Sequence
 
@@ -48,22 +49,20 @@ class SharedScores:
                 pipe.exists(_VERIFIED + key_digest)
             return await pipe.execute()
 
-        answer = await self._store.run("read", read)
-        if answer is None:
+        answer = await self._store.run("read", read, keys=len(keys)) or []
+        values = answer[0] if answer else None
+        if not isinstance(values, list) or len(values) != len(keys):
             return [None] * len(keys), False
-        values = answer[0]
-        assert isinstance(values, list)
         found = [_logit(value) for value in values]
-        hits = sum(value is not None for value in found)
-        self._metrics.store_hits.inc(hits)
-        return found, key_digest is not None and bool(answer[1])
+        self._metrics.store_hits.inc(sum(value is not None for value in found))
+        return found, key_digest is not None and len(answer) > 1 and bool(answer[1])
 
     def store_scores(self, keys: Sequence[bytes], logits: Sequence[float]) -> None:
         def fill(pipe: Pipeline) -> None:
             for key, logit in zip(keys, logits, strict=True):
                 pipe.set(_SCORE + key, _LOGIT.pack(logit), px=self._ttl_ms)
 
-        self._write("write", fill)
+        self._write("write", fill, len(keys))
 
     def verified(self, key_digest: bytes) -> None:
         self._write("verify", lambda pipe: pipe.set(_VERIFIED + key_digest, b"1", px=self._ttl_ms))
@@ -71,7 +70,7 @@ class SharedScores:
     def rejected(self, key_digest: bytes) -> None:
         self._write("verify", lambda pipe: pipe.delete(_VERIFIED + key_digest))
 
-    def _write(self, operation: str, fill: Callable[[Pipeline], object]) -> None:
+    def _write(self, operation: str, fill: Callable[[Pipeline], object], keys: int = 1) -> None:
         if not self._store.available or len(self._writes) >= MAX_PENDING_WRITES:
             self._metrics.store_writes_dropped.inc()
             return
@@ -83,7 +82,7 @@ class SharedScores:
             await pipe.execute()
 
         async def run() -> None:
-            await self._store.run(operation, send)
+            await self._store.run(operation, send, keys=keys)
 
         task = asyncio.ensure_future(run())
         self._writes.add(task)
@@ -96,7 +95,8 @@ class SharedScores:
 
 
 def _logit(value: object) -> float | None:
+    """A stored logit; anything else (another program's value, damage) is a miss."""
     if isinstance(value, bytes) and len(value) == _LOGIT.size:
         logit: float = _LOGIT.unpack(value)[0]
-        return logit
+        return logit if math.isfinite(logit) else None
     return None

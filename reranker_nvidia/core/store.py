@@ -32,6 +32,8 @@ NAMESPACE = b"reranker-nvidia:v1:"
 RETRY_AFTER_FAILURE_S = 1.0
 # Connections to the store per replica; a call that finds none free waits up to the timeout.
 MAX_STORE_CONNECTIONS = 32
+# Time an operation gets per key it reads or writes, on top of RERANKER_CACHE_TIMEOUT_MS.
+_PER_KEY_S = 20e-6
 
 
 class SharedStore:
@@ -65,13 +67,17 @@ class SharedStore:
         """False while the store is in an outage and not due to be asked again."""
         return self._down_since is None or self._clock() >= self._next_try
 
-    async def run(self, operation: str, work: Callable[[], Awaitable[T]]) -> T | None:
-        """``work()`` against the store, or None if the store is down, slow or refuses."""
+    async def run(
+        self, operation: str, work: Callable[[], Awaitable[T]], *, keys: int = 1
+    ) -> T | None:
+        """``work()`` against the store, or None if the store is down, slow or refuses. An
+        operation on many ``keys`` gets a little longer, so a 10,000-document request does not
+        count as an outage."""
         if not self.available:
             return None
         started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(work(), self._timeout_s)
+            result = await asyncio.wait_for(work(), self._timeout_s + keys * _PER_KEY_S)
         except (RedisError, OSError, asyncio.TimeoutError) as error:
             self._failed(operation, error)
             return None
