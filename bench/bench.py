@@ -400,7 +400,7 @@ async def measure(setup: Setup, runs: int, quick: bool) -> dict[str, Any]:
         for route in ("direct", "http", "grpc"):
             results["throughput"][f"{route} {concurrency}"] = median_of(
                 [
-                    await throughput(setup, route, concurrency, 1 if quick else 4)
+                    await throughput(setup, route, concurrency, 0.5 if quick else 4)
                     for _ in range(runs)
                 ]
             )
