@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reranker_nvidia.client import RerankerClient
 from reranker_nvidia.emulator import Fault
 from reranker_nvidia.errors import ErrorCode, RerankError
+from reranker_nvidia.server.logs import configure as configure_logs
 from reranker_nvidia.types import Hit
 from tests.conftest import SidecarFactory
 from tests.support import REQUEST_KEY, SCRIPT, SERVER_KEY, CaptureServer, Emulator
@@ -242,3 +243,22 @@ def test_keys_and_token_never_reach_logs_errors_or_meta(
     assert len(answers) == 2 * len(faults) + 5
     for secret in (SERVER_KEY, REQUEST_KEY, TOKEN):
         assert secret not in everything
+
+
+def test_a_logged_traceback_is_masked_like_the_message(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    flush = configure_logs("INFO", "text", ["nvapi-traceback-secret-123"])
+    try:
+        try:
+            raise RuntimeError("upstream said nvapi-traceback-secret-123 and Bearer abcdef12345")
+        except RuntimeError:
+            logging.getLogger("reranker_nvidia.test").exception("call failed")
+        flush()
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    printed = capsys.readouterr().err
+    assert "call failed" in printed and "RuntimeError" in printed
+    assert "nvapi-traceback-secret-123" not in printed
+    assert "abcdef12345" not in printed

@@ -14,6 +14,7 @@ from reranker_nvidia.core.request_context import request_id, request_secrets
 
 # Lines waiting for the writer thread; past this, lines are dropped (and counted).
 _QUEUED_LINES = 10_000
+_TRACEBACKS = logging.Formatter()
 
 
 class _RequestIdFilter(logging.Filter):
@@ -34,9 +35,13 @@ class _RequestIdFilter(logging.Filter):
             record.args = tuple(_escaped(arg) for arg in record.args)
         elif isinstance(record.args, dict):
             record.args = {key: _escaped(value) for key, value in record.args.items()}
-        message = record.getMessage()
-        record.msg = scrub(message, (*self._secrets, *request_secrets.get()))
+        secrets = (*self._secrets, *request_secrets.get())
+        record.msg = scrub(record.getMessage(), secrets)
         record.args = None
+        if record.exc_info and not record.exc_text:
+            # A traceback quotes values too (an exception's message, a URL): written out
+            # here, masked, and used as it is by whichever formatter prints the record.
+            record.exc_text = scrub(_TRACEBACKS.formatException(record.exc_info), secrets)
         for name in ("path", "method"):
             value = getattr(record, name, None)
             if isinstance(value, str):
@@ -61,7 +66,7 @@ class JsonFormatter(logging.Formatter):
             if hasattr(record, name):
                 entry[name] = getattr(record, name)
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
