@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from bench.processes import RedisServer
 from reranker_nvidia.client import RerankerClient
-from reranker_nvidia.core.budget import LocalBudget, NimBudget
+from reranker_nvidia.core.budget import LocalBudget, NimBudget, Room
 from reranker_nvidia.core.metrics import Metrics
 from reranker_nvidia.core.store import RETRY_AFTER_FAILURE_S, SharedStore
 from reranker_nvidia.emulator import Fault
@@ -47,25 +47,26 @@ def closed_port() -> int:
 def test_calls_per_minute_are_counted_over_a_sliding_window() -> None:
     clock = FakeClock()
     budget = LocalBudget(3, None, clock=clock)
-    assert [budget.admit(b"k", 1) for _ in range(3)] == [0, 0, 0]
+    assert [budget.admit(b"k", 1) for _ in range(3)] == [Room(0)] * 3
     clock.now += 20
-    assert budget.admit(b"k", 1) == pytest.approx(40)  # the first call leaves the window at 60
-    assert budget.admit(b"other key", 1) == 0  # per key
+    assert budget.admit(b"k", 1) == Room(40.0)  # the first call leaves the window at 60
+    assert budget.admit(b"other key", 1) == Room(0)  # per key
     clock.now += 40
-    assert budget.admit(b"k", 1) == 0
+    assert budget.admit(b"k", 1) == Room(0)
 
 
 def test_passages_per_minute_wait_for_enough_room_and_a_too_big_call_never_fits() -> None:
     clock = FakeClock()
     budget = LocalBudget(None, 100, clock=clock)
-    assert budget.admit(b"k", 60) == 0
+    assert budget.admit(b"k", 60) == Room(0)
     clock.now += 10
-    assert budget.admit(b"k", 30) == 0
-    assert budget.admit(b"k", 50) == pytest.approx(50)  # room once the 60 leave, at 60 s
+    assert budget.admit(b"k", 30) == Room(0)
+    assert budget.admit(b"k", 50) == Room(50.0)  # room once the 60 leave, at 60 s
     assert budget.admit(b"k", 101) is None
     budget.pause(b"k", 5)
+    assert budget.admit(b"k", 1) == Room(5.0, paused=True)
     clock.now += 60
-    assert budget.admit(b"k", 50) == 0
+    assert budget.admit(b"k", 50) == Room(0)
 
 
 async def test_over_budget_waits_when_the_deadline_allows_and_is_refused_otherwise() -> None:
@@ -150,6 +151,7 @@ def test_a_429_from_nim_pauses_the_key_on_every_replica(
         replicas[1].http_url + "/rerank", json={"query": "q", "documents": ["a"]}, headers=headers
     )
     assert second.status_code == 429
+    assert "NIM answered 429" in second.json()["error"]
     assert len(emulator.state.calls) == calls, "the other replica called NIM during the pause"
     assert 25 <= int(second.headers["Retry-After"]) <= 30
     # Another key is not paused.

@@ -28,19 +28,20 @@ _PAUSE = NAMESPACE + b"pause:"
 
 # KEYS: the key's window (a sorted set of "id:passages" by time in ms) and its pause flag.
 # ARGV: window ms, calls per window (0: no limit), passages per window (0: no limit),
-# this call's passages, this call's id. Returns 0 (admitted, and recorded), the ms to wait
-# for room, or -1 (the call alone is over the passage budget). Time is the store's own,
-# so replicas whose clocks differ agree.
+# this call's passages, this call's id. Returns {0, 0} (admitted, and recorded), {ms to
+# wait for room, 0}, {ms to wait, 1} while NIM's 429 pauses the key, or {-1, 0} (the call
+# alone is over the passage budget). Time is the store's own, so replicas whose clocks
+# differ agree.
 _ADMIT_SCRIPT = """
 local pause = redis.call('PTTL', KEYS[2])
-if pause > 0 then return pause end
+if pause > 0 then return {pause, 1} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
 local max_calls = tonumber(ARGV[2])
 local max_passages = tonumber(ARGV[3])
 local cost = tonumber(ARGV[4])
-if max_passages > 0 and cost > max_passages then return -1 end
+if max_passages > 0 and cost > max_passages then return {-1, 0} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 local calls = #entries / 2
@@ -65,11 +66,20 @@ if max_passages > 0 then
     end
   end
 end
-if wait > 0 then return wait end
+if wait > 0 then return {wait, 0} end
 redis.call('ZADD', KEYS[1], now, ARGV[5] .. ':' .. cost)
 redis.call('PEXPIRE', KEYS[1], window)
-return 0
+return {0, 0}
 """
+
+
+@dataclass(frozen=True)
+class Room:
+    """The budget's answer for one call: go now (``wait_s`` 0) or wait ``wait_s``; ``paused``
+    when the wait is NIM's own (a 429 with Retry-After), not the configured budget's."""
+
+    wait_s: float
+    paused: bool = False
 
 
 @dataclass
@@ -97,15 +107,15 @@ class LocalBudget:
         self._max_keys = max_keys
         self._windows: collections.OrderedDict[bytes, _Window] = collections.OrderedDict()
 
-    def admit(self, key_id: bytes, passages: int) -> float | None:
-        """0 when the call may go now (and it is counted), the seconds to wait for room, or
-        None when the call alone is over the passage budget."""
+    def admit(self, key_id: bytes, passages: int) -> Room | None:
+        """Whether the call may go now (it is then counted) or how long to wait; None when
+        the call alone is over the passage budget."""
         if self._max_passages is not None and passages > self._max_passages:
             return None
         now = self._clock()
         window = self._window(key_id)
         if window.paused_until > now:
-            return window.paused_until - now
+            return Room(window.paused_until - now, paused=True)
         calls = window.calls
         while calls and calls[0][0] <= now - WINDOW_S:
             calls.popleft()
@@ -123,9 +133,9 @@ class LocalBudget:
                     wait = max(wait, at + WINDOW_S - now)
                     break
         if wait > 0:
-            return wait
+            return Room(wait)
         calls.append((now, passages))
-        return 0.0
+        return Room(0.0)
 
     def pause(self, key_id: bytes, seconds: float) -> None:
         window = self._window(key_id)
@@ -174,22 +184,28 @@ class NimBudget:
         key_id = key_id_of(api_key)
         waited = False
         while True:
-            wait = await self._ask(key_id, passages)
-            if wait is None:
+            room = await self._ask(key_id, passages)
+            if room is None:
                 raise RerankError(
                     ErrorCode.RESOURCE_EXHAUSTED,
                     f"a call of {passages} passages is over the passage budget of "
                     f"{self._max_passages} a minute (RERANKER_UPSTREAM_TPM)",
                     rate_limited=True,
                 )
+            wait = room.wait_s
             if wait <= 0:
                 return
             if self._clock() + wait >= deadline:
                 self._metrics.budget_refusals.inc()
+                why = (
+                    "NIM answered 429 for this key and asked every replica to wait"
+                    if room.paused
+                    else "over the NIM budget for this key (RERANKER_UPSTREAM_RPM / "
+                    "RERANKER_UPSTREAM_TPM)"
+                )
                 raise RerankError(
                     ErrorCode.RESOURCE_EXHAUSTED,
-                    "over the NIM budget for this key (RERANKER_UPSTREAM_RPM / "
-                    f"RERANKER_UPSTREAM_TPM); room again in {wait:.1f} s",
+                    f"{why}; room again in {wait:.1f} s",
                     retry_after_s=wait,
                     rate_limited=True,
                 )
@@ -198,7 +214,7 @@ class NimBudget:
                 waited = True
             await asyncio.sleep(wait)
 
-    async def _ask(self, key_id: bytes, passages: int) -> float | None:
+    async def _ask(self, key_id: bytes, passages: int) -> Room | None:
         if self._store is not None and self._script is not None:
             script = self._script
             keys = [_CALLS + key_id, _PAUSE + key_id]
@@ -210,8 +226,13 @@ class NimBudget:
                 uuid.uuid4().hex,
             ]
             answer = await self._store.run("budget", lambda: script(keys=keys, args=args))
-            if isinstance(answer, int):
-                return None if answer < 0 else answer / 1000
+            if (
+                isinstance(answer, list)
+                and len(answer) == 2
+                and all(isinstance(part, int) for part in answer)
+            ):
+                millis, paused = answer
+                return None if millis < 0 else Room(millis / 1000, paused=bool(paused))
         return self._local.admit(key_id, passages)
 
     async def pause(self, api_key: str | None, seconds: float) -> None:
