@@ -143,18 +143,26 @@ class Setup:
             client.close()
 
     async def metrics(self) -> dict[str, float]:
-        """The sidecar's Prometheus samples, by name with labels."""
-        text = (await self.http.get(self.sidecar_url + "/metrics")).text
-        samples: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                samples[name] = float(value)
-        return samples
+        return await metrics_of(self.http, self.sidecar_url)
 
     async def upstream_calls(self) -> float:
-        samples = await self.metrics()
-        return sum(v for k, v in samples.items() if k.startswith("reranker_upstream_calls_total{"))
+        return await upstream_calls_of(self.http, self.sidecar_url)
+
+
+async def metrics_of(http: httpx.AsyncClient, sidecar_url: str) -> dict[str, float]:
+    """A sidecar's Prometheus samples, by name with labels."""
+    text = (await http.get(sidecar_url + "/metrics")).text
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+async def upstream_calls_of(http: httpx.AsyncClient, sidecar_url: str) -> float:
+    samples = await metrics_of(http, sidecar_url)
+    return sum(v for k, v in samples.items() if k.startswith("reranker_upstream_calls_total{"))
 
 
 # Each surface measured: how its requests are labelled in the sidecar's metrics.
@@ -342,12 +350,7 @@ async def _replica_run(
         async with httpx.AsyncClient(timeout=60) as http:
 
             async def upstream_calls() -> float:
-                total = 0.0
-                for url in urls:
-                    for line in (await http.get(url + "/metrics")).text.splitlines():
-                        if line.startswith("reranker_upstream_calls_total{"):
-                            total += float(line.rsplit(" ", 1)[1])
-                return total
+                return sum([await upstream_calls_of(http, url) for url in urls])
 
             times: list[float] = []
             before = await upstream_calls()
@@ -590,11 +593,21 @@ def main() -> int:
     results["goals"] = [
         {"goal": goal, "measured": value, "met": met} for goal, value, met in goals(results)
     ]
-    results["seconds"] = time.perf_counter() - started
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(report(results))
-    print(f"\n{results['seconds']:.0f} s; written to {args.output}")
+    publish(results, report, args.output, started)
     return 0
+
+
+def publish(
+    results: dict[str, Any],
+    report: Callable[[dict[str, Any]], str],
+    output: Path,
+    started: float,
+) -> None:
+    """Write ``results`` (with the run's duration) as JSON to ``output`` and print the report."""
+    results["seconds"] = time.perf_counter() - started
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(report(results))
+    print(f"\n{results['seconds']:.0f} s; written to {output}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import secrets
@@ -38,7 +37,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.bench import MODEL, cpu_seconds, fresh_query, passage, percentile
+from bench.bench import MODEL, cpu_seconds, fresh_query, passage, percentile, publish
 from bench.load import LeanClient
 from bench.processes import (
     EMULATOR_READY,
@@ -46,6 +45,7 @@ from bench.processes import (
     SIDECAR_READY,
     clean_environment,
     running,
+    stop,
 )
 
 RESULTS = Path(__file__).resolve().parent / "peers.json"
@@ -90,12 +90,7 @@ def litellm_proxy(litellm: str, emulator_url: str) -> Iterator[tuple[int, int, s
             _wait_until_live(f"http://127.0.0.1:{port}/health/liveliness", child)
             yield child.pid, port, master_key
         finally:
-            child.terminate()
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(5)
+            stop(child)
 
 
 def _wait_until_live(url: str, child: subprocess.Popen[bytes]) -> None:
@@ -289,10 +284,7 @@ def main() -> int:
         parser.error(f"--litellm: not an executable litellm command: {args.litellm}")
     started = time.perf_counter()
     results = asyncio.run(main_async(litellm, args.pairs, args.seconds))
-    results["seconds"] = time.perf_counter() - started
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(report(results))
-    print(f"\n{results['seconds']:.0f} s; written to {args.output}")
+    publish(results, report, args.output, started)
     return 0
 
 

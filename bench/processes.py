@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 EMULATOR_READY = r"127\.0\.0\.1:(\d+)/v1/ranking"
 SIDECAR_READY = r"HTTP on 127\.0\.0\.1:(\d+) and gRPC on 127\.0\.0\.1:(\d+)"
@@ -88,16 +89,21 @@ def running(
         reader.start()
         yield child, match
     finally:
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(5)
+        stop(child)
         if reader is not None:
             reader.join(5)
         child.stdout.close()
+
+
+def stop(child: subprocess.Popen[Any]) -> None:
+    """Terminate ``child`` if it still runs, and kill it if it does not stop within 15 s."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(5)
 
 
 def rss_mib(pid: int) -> float:
@@ -147,14 +153,24 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
-                    connection.sendall(b"PING\r\n")
-                    # A server with a password answers -NOAUTH: it is up all the same.
-                    if connection.recv(16).startswith((b"+PONG", b"-NOAUTH")):
-                        return
+                # A server with a password answers -NOAUTH: it is up all the same.
+                if self.command(b"PING").startswith((b"+PONG", b"-NOAUTH")):
+                    return
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
+
+    def command(self, *parts: bytes) -> bytes:
+        """One command's raw reply (RESP), on a connection of its own."""
+        request = b"*%d\r\n" % len(parts) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(part), part) for part in parts
+        )
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
+            connection.sendall(request)
+            return connection.recv(4096)
+
+    def key_count(self) -> int:
+        return int(self.command(b"DBSIZE")[1:].strip())
 
     def stop(self) -> None:
         if self._process is not None:

@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 from bench.processes import SERVE, SIDECAR_READY, RedisServer, running
+from reranker_nvidia.core.keys import key_digest
+from reranker_nvidia.core.store import NAMESPACE
 from tests.support import SERVER_KEY, Emulator, clean_environment
 
 pytestmark = pytest.mark.slow
@@ -56,11 +58,18 @@ def scores(response: httpx.Response) -> list[float]:
     return [entry["score"] for entry in response.json()["scores"]]
 
 
-def store_hits(url: str) -> float:
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith("reranker_store_hits_total "):
-            return float(line.split()[1])
-    return 0.0
+def is_verified(store: RedisServer, key: str) -> bool:
+    """Whether the store holds ``key`` as one NIM has accepted."""
+    return store.command(b"EXISTS", NAMESPACE + b"verified:" + key_digest(key)).startswith(b":1")
+
+
+def wait_until_stored(store: RedisServer, before: int, added: int) -> None:
+    """Until the store holds ``added`` keys more than ``before``: the writes a replica sends
+    after its answer have landed."""
+    deadline = time.monotonic() + 10
+    while store.key_count() < before + added:
+        assert time.monotonic() < deadline, "the replica's writes never reached the store"
+        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -70,22 +79,15 @@ def replicas(store: RedisServer, _emulator: Emulator) -> Iterator[list[str]]:
 
 
 def test_a_pair_scored_through_one_replica_is_a_hit_on_the_others(
-    replicas: list[str], emulator: Emulator
+    replicas: list[str], emulator: Emulator, store: RedisServer
 ) -> None:
     query = f"which way to the mill {uuid.uuid4()}"
+    before, new_key = store.key_count(), not is_verified(store, SERVER_KEY)
     first = scores(rerank(replicas[0], query, DOCUMENTS))
     assert len(emulator.state.calls) == 1
+    wait_until_stored(store, before, len(DOCUMENTS) + new_key)
     for url in replicas[1:]:
-        # The write is sent after the answer, without waiting: give it a moment.
-        for _ in range(100):
-            if store_hits(url) or len(emulator.state.calls) > 1:
-                break
-            answer = scores(rerank(url, query, DOCUMENTS))
-            assert answer == first
-            if len(emulator.state.calls) == 1:
-                break
-            time.sleep(0.05)
-        assert answer == first
+        assert scores(rerank(url, query, DOCUMENTS)) == first
     assert len(emulator.state.calls) == 1, "replicas 2 and 3 called NIM for cached pairs"
 
 
@@ -98,17 +100,19 @@ def test_without_the_store_each_replica_pays_for_the_pair(emulator: Emulator) ->
 
 
 def test_a_key_verified_through_one_replica_reads_the_cache_through_another(
-    replicas: list[str], emulator: Emulator
+    replicas: list[str], emulator: Emulator, store: RedisServer
 ) -> None:
     query = f"verified elsewhere {uuid.uuid4()}"
-    scores(rerank(replicas[0], query, DOCUMENTS, **{"X-Nvidia-Api-Key": "nvapi-tenant-a-123"}))
-    time.sleep(0.3)  # the score and the key's verification are written after the answer
+    tenant = "nvapi-tenant-a-123"
+    before, new_key = store.key_count(), not is_verified(store, tenant)
+    scores(rerank(replicas[0], query, DOCUMENTS, **{"X-Nvidia-Api-Key": tenant}))
+    wait_until_stored(store, before, len(DOCUMENTS) + new_key)
     calls = len(emulator.state.calls)
     # A key no replica has seen NIM accept gets no cached score: NIM is asked.
     scores(rerank(replicas[1], query, DOCUMENTS, **{"X-Nvidia-Api-Key": "nvapi-stranger-99"}))
     assert len(emulator.state.calls) == calls + 1
     # The tenant's key, accepted through replica 1, reads the cache through replica 3.
-    scores(rerank(replicas[2], query, DOCUMENTS, **{"X-Nvidia-Api-Key": "nvapi-tenant-a-123"}))
+    scores(rerank(replicas[2], query, DOCUMENTS, **{"X-Nvidia-Api-Key": tenant}))
     assert len(emulator.state.calls) == calls + 1
 
 
@@ -130,13 +134,11 @@ def test_losing_the_store_loses_no_request_and_the_replicas_recover(
     time.sleep(1.5)  # past the second a replica leaves a failed store alone
     query = f"after the outage {uuid.uuid4()}"
     scores(rerank(replicas[0], query, DOCUMENTS))
+    # The restarted store is empty; replica 1 writes the scores (each replica already knows
+    # the server's key is accepted, so that is not written again before half its TTL).
+    wait_until_stored(store, 0, len(DOCUMENTS))
     calls = len(emulator.state.calls)
-    for _ in range(100):
-        scores(rerank(replicas[1], query, DOCUMENTS))
-        if len(emulator.state.calls) == calls:
-            break
-        calls = len(emulator.state.calls)
-        time.sleep(0.05)
+    scores(rerank(replicas[1], query, DOCUMENTS))
     assert len(emulator.state.calls) == calls, "replica 2 did not read replica 1's scores"
 
 

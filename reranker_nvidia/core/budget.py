@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from reranker_nvidia.core.keys import key_digest
 from reranker_nvidia.core.metrics import Metrics
 from reranker_nvidia.core.store import NAMESPACE, SharedStore
 from reranker_nvidia.errors import ErrorCode, RerankError
@@ -181,7 +181,7 @@ class NimBudget:
         there is no room before ``deadline`` (a ``time.monotonic()`` value)."""
         if not self.limited:
             return
-        key_id = key_id_of(api_key)
+        key_id = key_digest(api_key)
         waited = False
         while True:
             room = await self._ask(key_id, passages)
@@ -240,16 +240,9 @@ class NimBudget:
         a budget is set; without one, retries honour Retry-After on their own)."""
         if not self.limited:
             return
-        key_id = key_id_of(api_key)
+        key_id = key_digest(api_key)
         self._local.pause(key_id, seconds)
         store = self._store
         if store is not None:
             millis = max(1, int(seconds * 1000))
             await store.run("pause", lambda: store.client.set(_PAUSE + key_id, b"1", px=millis))
-
-
-def key_id_of(api_key: str | None) -> bytes:
-    """A key's name in the budget: a digest, never the key."""
-    return hashlib.blake2b(
-        (api_key or "").encode(), digest_size=16, person=b"reranker-budget"
-    ).digest()

@@ -3,18 +3,19 @@
 A score in the cache was paid for with some caller's key. Serving it to a request whose key NIM
 would refuse would hand a stranger's paid-for answer to anyone, so by default the cache is read
 only for a key NIM has answered 2xx for within the cache's TTL; a 401 or 403 for a key drops it
-at once. Keys are held as keyed BLAKE2b digests, never as text; the digest is the same in
-every replica, so that replicas sharing a store (``shared_cache.py``) share what they know.
-An API key is long and random, so its digest reveals nothing of it.
+at once. Keys are held as digests (``keys.key_digest``), never as text; the digest is the
+same in every replica, so that replicas sharing a store (``shared_cache.py``) share what they
+know.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from reranker_nvidia.core.keys import key_digest
 
 if TYPE_CHECKING:
     from reranker_nvidia.core.shared_cache import SharedScores
@@ -40,12 +41,7 @@ class VerifiedKeys:
         self._clock = clock
         self._expiry: OrderedDict[bytes, float] = OrderedDict()
 
-    @staticmethod
-    def digest(key: str | None) -> bytes:
-        """A stand-in for ``key`` that reveals nothing of it (no key is a key too: "")."""
-        return hashlib.blake2b(
-            (key or "").encode(), digest_size=16, person=b"reranker-api-key"
-        ).digest()
+    digest = staticmethod(key_digest)
 
     def accepted(self, key: str | None) -> None:
         """NIM answered 2xx for ``key``: the store hears of it when this replica's own
