@@ -11,7 +11,7 @@ import pytest
 
 from reranker_nvidia.core.coalescer import SIBLING_WAIT_WINDOWS, Coalescer
 from reranker_nvidia.core.targets import Target
-from reranker_nvidia.core.upstream import UpstreamRanking
+from reranker_nvidia.core.upstream.nim_client import UpstreamRanking
 from reranker_nvidia.errors import ErrorCode, RerankError
 from reranker_nvidia.types import Usage
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from reranker_nvidia.core.targets import Target
-from reranker_nvidia.core.upstream import UpstreamRanking
+from reranker_nvidia.core.upstream.nim_client import UpstreamRanking
 from reranker_nvidia.types import Usage
 
 Send = Callable[[Target, str, Sequence[str], float], Awaitable[UpstreamRanking]]

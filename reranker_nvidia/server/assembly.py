@@ -6,18 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reranker_nvidia.core.admission import Admission
-from reranker_nvidia.core.budget import NimBudget
-from reranker_nvidia.core.caller import UpstreamCaller
 from reranker_nvidia.core.coalescer import Coalescer
 from reranker_nvidia.core.metrics import Metrics
 from reranker_nvidia.core.ranker import Ranker, RequestLimits
-from reranker_nvidia.core.retry import RetryPolicy
 from reranker_nvidia.core.score_cache import ScoreCache
 from reranker_nvidia.core.shared_cache import SharedScores
 from reranker_nvidia.core.ssrf import Resolver, system_resolver
 from reranker_nvidia.core.store import SharedStore
 from reranker_nvidia.core.targets import RankOptions, TargetResolver
-from reranker_nvidia.core.upstream import NimClient
+from reranker_nvidia.core.upstream.budget import NimBudget
+from reranker_nvidia.core.upstream.caller import UpstreamCaller
+from reranker_nvidia.core.upstream.nim_client import NimClient
+from reranker_nvidia.core.upstream.retry import RetryPolicy
 from reranker_nvidia.core.verified_keys import VerifiedKeys
 from reranker_nvidia.settings import Settings
 

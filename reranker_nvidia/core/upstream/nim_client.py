@@ -33,7 +33,7 @@ from reranker_nvidia.core.ssrf import (
     public_addresses,
     system_resolver,
 )
-from reranker_nvidia.core.transport import ConnectionPools, Destination
+from reranker_nvidia.core.upstream.transport import ConnectionPools, Destination
 from reranker_nvidia.errors import (
     RETRYABLE_UPSTREAM_STATUSES,
     ErrorCode,

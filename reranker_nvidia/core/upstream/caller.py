@@ -7,11 +7,11 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from reranker_nvidia.core.budget import NimBudget
 from reranker_nvidia.core.metrics import Metrics
-from reranker_nvidia.core.retry import RetryPolicy
 from reranker_nvidia.core.targets import Target
-from reranker_nvidia.core.upstream import NimClient, UpstreamRanking
+from reranker_nvidia.core.upstream.budget import NimBudget
+from reranker_nvidia.core.upstream.nim_client import NimClient, UpstreamRanking
+from reranker_nvidia.core.upstream.retry import RetryPolicy
 from reranker_nvidia.core.verified_keys import VerifiedKeys
 from reranker_nvidia.errors import RerankError
 
