@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from reranker_nvidia.core.endpoints import normalise_model
+from reranker_nvidia.core.model_ids import normalise_model
 from reranker_nvidia.nim_schema import NIM_MAX_PASSAGES, NimTruncate
 
 DEFAULT_MODEL = "nvidia/rerank-qa-mistral-4b"

@@ -7,8 +7,9 @@ with ``/v1``, or as the full endpoint, and every form resolves to the same URL.
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlsplit
+
+from reranker_nvidia.core.model_ids import normalise_model
 
 HOSTED_HOSTS = frozenset({"ai.api.nvidia.com"})
 # Hosted NIM serves this model (under either id) on the path without a model segment.
@@ -29,17 +30,6 @@ KNOWN_MODELS = (
 )
 
 _ENDPOINT_SUFFIXES = ("/ranking", "/reranking")
-_DIGIT_UNDERSCORE_DIGIT = re.compile(r"(?<=\d)_(?=\d)")
-
-
-def normalise_model(model: str) -> str:
-    """Model id as NIM expects it in the request body.
-
-    LiteLLM users write versions with underscores (``llama-3_2``) because that is how the
-    hosted path spells them; the body wants periods (``llama-3.2``). Only an underscore between
-    two digits is a version separator, so no other underscore is touched.
-    """
-    return _DIGIT_UNDERSCORE_DIGIT.sub(".", model.strip())
 
 
 def is_hosted(base_url: str) -> bool:

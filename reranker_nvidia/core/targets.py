@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from reranker_nvidia.core.endpoints import (
     endpoint_identity,
     is_hosted,
-    normalise_model,
     resolve_endpoint,
 )
 from reranker_nvidia.core.keys import usable_key
+from reranker_nvidia.core.model_ids import normalise_model
 from reranker_nvidia.core.redaction import redact_url
 from reranker_nvidia.core.ssrf import check_url_text, parse_base_url
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
