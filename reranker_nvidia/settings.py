@@ -9,13 +9,15 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from reranker_nvidia.core.model_ids import normalise_model
+from reranker_nvidia.core.model_ids import check_model_id
+from reranker_nvidia.errors import RerankError
 from reranker_nvidia.nim_schema import NIM_MAX_PASSAGES, NimTruncate
 
 DEFAULT_MODEL = "nvidia/rerank-qa-mistral-4b"
 HOSTED_BASE_URL = "https://ai.api.nvidia.com"
 # Where the server's key is read from, first found wins.
 KEY_VARIABLES = ("NVIDIA_APIKEY", "NVIDIA_API_KEY", "NVIDIA_NIM_API_KEY")
+MIN_CACHE_SECRET_CHARS = 32
 
 
 class Settings(BaseSettings):
@@ -59,6 +61,7 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
     request_timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+    max_retry_after_s: float = Field(default=60.0, ge=0)
     retry_base_delay_s: float = Field(default=0.1, ge=0)
     retry_max_delay_s: float = Field(default=2.0, ge=0)
     max_in_flight: int = Field(default=256, ge=1)
@@ -73,6 +76,8 @@ class Settings(BaseSettings):
     # Several replicas: the pair cache and NIM budget in Redis or Valkey.
     cache_url: SecretStr | None = None
     cache_password: SecretStr | None = None
+    # Names and authenticates everything in the shared store; the same in every replica.
+    cache_secret: SecretStr | None = None
     cache_timeout_ms: float = Field(default=25.0, gt=0, le=10_000)
     upstream_rpm: int | None = Field(default=None, ge=1)
     upstream_tpm: int | None = Field(default=None, ge=1)
@@ -81,7 +86,9 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
-    @field_validator("api_key", "auth_token", "cache_url", "cache_password", mode="before")
+    @field_validator(
+        "api_key", "auth_token", "cache_url", "cache_password", "cache_secret", mode="before"
+    )
     @classmethod
     def _blank_secret_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -129,12 +136,12 @@ class Settings(BaseSettings):
         """Normalised once, here: every part reads the model as NIM's body wants it."""
         if not value.strip():
             raise ValueError("RERANKER_MODEL must name a model, e.g. " + DEFAULT_MODEL)
-        return normalise_model(value)
+        return _model_id(value)
 
     @field_validator("models")
     @classmethod
     def _models_are_normalised(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(normalise_model(model) for model in value)
+        return tuple(_model_id(model) for model in value)
 
     @field_validator("allowed_base_urls", "models", mode="before")
     @classmethod
@@ -151,6 +158,27 @@ class Settings(BaseSettings):
                 raise ValueError(f"{url!r} in RERANKER_ALLOWED_BASE_URLS is not an http(s) URL")
         return value
 
+    @field_validator("cache_secret")
+    @classmethod
+    def _cache_secret_is_long(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_CACHE_SECRET_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_CACHE_SECRET_CHARS} characters (e.g. `openssl rand "
+                "-hex 32`)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _a_shared_store_needs_its_secret(self) -> Settings:
+        if self.cache_url is not None and self.cache_secret is None:
+            raise ValueError(
+                "RERANKER_CACHE_URL is set but RERANKER_CACHE_SECRET is not: every replica "
+                "sharing the store needs the same secret (at least "
+                f"{MIN_CACHE_SECRET_CHARS} characters, e.g. `openssl rand -hex 32`), so that "
+                "nothing another program writes there can pass for a score or a verified key"
+            )
+        return self
+
     @model_validator(mode="after")
     def _tls_files_come_in_pairs(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -165,7 +193,7 @@ class Settings(BaseSettings):
         the server's key, the caller token, the store's password (given or in its URL)."""
         values = [
             secret.get_secret_value()
-            for secret in (self.api_key, self.auth_token, self.cache_password)
+            for secret in (self.api_key, self.auth_token, self.cache_password, self.cache_secret)
             if secret is not None
         ]
         if self.cache_url is not None:
@@ -176,3 +204,10 @@ class Settings(BaseSettings):
 
     def server_key(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key is not None else None
+
+
+def _model_id(value: str) -> str:
+    try:
+        return check_model_id(value)
+    except RerankError as error:
+        raise ValueError(error.message.split(": ", 1)[-1]) from None

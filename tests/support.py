@@ -27,6 +27,8 @@ from bench.processes import SIDECAR_READY as SERVING  # noqa: E402
 __all__ = ["SCRIPT", "SERVE", "SERVING", "clean_environment", "running"]
 SERVER_KEY = "nvapi-server-key-0123456789"
 REQUEST_KEY = "nvapi-request-key-9876543210"
+# What replicas sharing a store in the tests name and authenticate its entries with.
+STORE_SECRET = "store-secret-shared-by-the-test-replicas"
 
 
 class BackgroundLoop:
@@ -143,6 +145,8 @@ def sidecar_settings(upstream_url: str, **overrides: Any) -> Settings:
         "cache_size": 0,
     }
     values.update(overrides)
+    if "cache_url" in values:
+        values.setdefault("cache_secret", STORE_SECRET)
     return Settings(**values)
 
 

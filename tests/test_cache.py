@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from reranker_nvidia.core import RankOptions
-from reranker_nvidia.core.score_cache import ENTRY_BYTES, ScoreCache, digest, scope_digest
+from reranker_nvidia.core.score_cache import ENTRY_BYTES, ScoreCache
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
 from reranker_nvidia.errors import ErrorCode, RerankError
 from reranker_nvidia.server.assembly import build_core
@@ -97,30 +97,47 @@ def test_a_cache_of_size_zero_is_off(make_sidecar: SidecarFactory, emulator: Emu
     assert not sidecar.server.core.cache.enabled
 
 
+TAG = b"endpoint"
+
+
+def logits(cache: ScoreCache, keys: list[bytes]) -> list[float | None]:
+    return [None if entry is None else entry[0] for entry in cache.get_many(keys)]
+
+
 def test_least_recently_used_entries_go_first() -> None:
     cache = ScoreCache(max_entries=2, max_bytes=10**9, ttl_s=60)
-    cache.put_many([b"a", b"b"], [1.0, 2.0])
-    assert cache.get_many([b"a"]) == [1.0]  # a is now the most recent
-    cache.put_many([b"c"], [3.0])
-    assert cache.get_many([b"a", b"b", b"c"]) == [1.0, None, 3.0]
+    cache.put_many([b"a", b"b"], [1.0, 2.0], TAG)
+    assert logits(cache, [b"a"]) == [1.0]  # a is now the most recent
+    cache.put_many([b"c"], [3.0], TAG)
+    assert logits(cache, [b"a", b"b", b"c"]) == [1.0, None, 3.0]
+
+
+def test_an_entry_remembers_the_endpoint_that_answered_it() -> None:
+    cache = ScoreCache(max_entries=10, max_bytes=10**9, ttl_s=60)
+    cache.put_many([b"a"], [1.0], b"one")
+    cache.put_many([b"b"], [2.0], b"two")
+    assert [entry[2] if entry else None for entry in cache.get_many([b"a", b"b"])] == [
+        b"one",
+        b"two",
+    ]
 
 
 def test_the_byte_bound_limits_entries() -> None:
     cache = ScoreCache(max_entries=1000, max_bytes=3 * ENTRY_BYTES, ttl_s=60)
-    cache.put_many([bytes([i]) for i in range(10)], [float(i) for i in range(10)])
+    cache.put_many([bytes([i]) for i in range(10)], [float(i) for i in range(10)], TAG)
     assert len(cache) == 3
     assert cache.size_bytes <= 3 * ENTRY_BYTES
-    assert cache.get_many([b"\x09", b"\x00"]) == [9.0, None]
+    assert logits(cache, [b"\x09", b"\x00"]) == [9.0, None]
 
 
 def test_entries_expire_after_the_ttl() -> None:
     now = [0.0]
     cache = ScoreCache(max_entries=10, max_bytes=10**6, ttl_s=5, clock=lambda: now[0])
-    cache.put_many([b"k"], [1.5])
+    cache.put_many([b"k"], [1.5], TAG)
     now[0] = 4.9
-    assert cache.get_many([b"k"]) == [1.5]
+    assert logits(cache, [b"k"]) == [1.5]
     now[0] = 5.0
-    assert cache.get_many([b"k"]) == [None]
+    assert logits(cache, [b"k"]) == [None]
     assert len(cache) == 0
 
 
@@ -132,8 +149,8 @@ async def test_no_usable_key_is_refused_before_the_cache_is_read() -> None:
     ranker = core.ranker
     try:
         target = ranker.resolve(RankOptions(api_key=REQUEST_KEY))
-        prefix = scope_digest(target.endpoint, target.model, target.truncate) + digest(QUERY)
-        ranker.cache.put_many([prefix + digest("a")], [1.0])
+        keys = ranker.pair_keys(target, QUERY, ["a"], ranker.digests.key(REQUEST_KEY))
+        ranker.cache.put_many(keys, [1.0], target.endpoints[0].tag)
         assert (await ranker.rank(QUERY, ["a"], RankOptions(api_key=REQUEST_KEY))).scores == [1.0]
         with pytest.raises(RerankError) as raised:
             await ranker.rank(QUERY, ["a"])

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from reranker_nvidia.core.coalescer import SIBLING_WAIT_WINDOWS, Coalescer
-from reranker_nvidia.core.targets import Target
-from reranker_nvidia.core.upstream.nim_client import UpstreamRanking
+from reranker_nvidia.core.targets import Endpoint, Target
+from reranker_nvidia.core.upstream.answers import UpstreamRanking
 from reranker_nvidia.errors import ErrorCode, RerankError
 from reranker_nvidia.types import Usage
 
 WINDOW = 1.0
-TARGET = Target("http://nim/v1/ranking", "m", None, "key-a")
+ENDPOINT = Endpoint("http://nim/v1/ranking", "nim", b"tag", None, guarded=False)
+TARGET = Target("m", None, "route", (ENDPOINT,), "key-a")
 
 
 @dataclass
@@ -89,7 +90,7 @@ def score(
     query: str = "q",
     target: Target = TARGET,
     siblings_expected: bool = False,
-) -> asyncio.Task[tuple[list[float], Usage]]:
+) -> asyncio.Task[tuple[list[float], list[bytes], Usage]]:
     keys = [f"{query}|{p}".encode() for p in passages]
     return asyncio.ensure_future(
         coalescer.score(target, query, passages, keys, 1e9, siblings_expected=siblings_expected)
@@ -128,8 +129,8 @@ async def test_requests_for_the_same_query_share_one_call_and_get_their_own_scor
         second = score(coalescer, ["cc"])
         await settle()
     assert upstream.calls == [["a", "bbb", "cc"]]
-    logits_first, usage_first = await first
-    logits_second, usage_second = await second
+    logits_first, _, usage_first = await first
+    logits_second, _, usage_second = await second
     assert (logits_first, logits_second) == ([1.0, 3.0], [2.0])
     assert (usage_first.total_tokens, usage_second.total_tokens) == (7, 3), "shared by share"
     assert coalescer.coalesced_requests == 1
@@ -138,7 +139,7 @@ async def test_requests_for_the_same_query_share_one_call_and_get_their_own_scor
 async def test_different_queries_or_keys_never_share() -> None:
     upstream, scheduler = Upstream(), FakeScheduler()
     coalescer = make(upstream, scheduler)
-    other_key = Target(TARGET.endpoint, TARGET.model, None, "key-b")
+    other_key = Target(TARGET.model, None, TARGET.route, TARGET.endpoints, "key-b")
     with coalescer.possible_joiner(), coalescer.possible_joiner(), coalescer.possible_joiner():
         tasks = [
             score(coalescer, ["a"]),

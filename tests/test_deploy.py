@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import SecretStr
 
 from reranker_nvidia.settings import Settings
 from tests.conftest import SidecarFactory
@@ -254,8 +255,13 @@ def test_the_replicas_share_the_valkey_of_the_manifests() -> None:
     service, statefulset = manifests(KUBERNETES / "valkey.yaml")
     port = service["spec"]["ports"][0]["port"]
     assert env["RERANKER_CACHE_URL"] == f"redis://{service['metadata']['name']}:{port}/0"
+    [secret] = manifests(KUBERNETES / "secret.yaml")
+    assert "RERANKER_CACHE_SECRET" in secret["stringData"], "the replicas' shared secret"
+    assert {"secretRef": {"name": secret["metadata"]["name"]}} in container["envFrom"]
     settings = Settings(
-        cache_url=env["RERANKER_CACHE_URL"], upstream_rpm=env["RERANKER_UPSTREAM_RPM"]
+        cache_url=env["RERANKER_CACHE_URL"],
+        cache_secret=SecretStr("0" * 64),
+        upstream_rpm=env["RERANKER_UPSTREAM_RPM"],
     )
     assert settings.cache_url is not None and settings.upstream_rpm
     assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]

@@ -17,13 +17,15 @@ import httpx
 import pytest
 
 from bench.processes import SERVE, SIDECAR_READY, RedisServer, running
-from reranker_nvidia.core.keys import key_digest
-from reranker_nvidia.core.store import NAMESPACE
+from reranker_nvidia.core.digests import Digests, derive_secret
+from reranker_nvidia.core.endpoints import identity_text
+from reranker_nvidia.core.shared_cache import verified_name
 from tests.support import SERVER_KEY, Emulator, clean_environment
 
 pytestmark = pytest.mark.slow
 
 DOCUMENTS = ["the mill by the river", "a road going north", "turn left at the mill"]
+CACHE_SECRET = "replicas-share-this-secret-0123456789"
 
 
 def start_replicas(
@@ -40,6 +42,7 @@ def start_replicas(
     }
     if store_url is not None:
         env["RERANKER_CACHE_URL"] = store_url
+        env["RERANKER_CACHE_SECRET"] = CACHE_SECRET
     urls = []
     for _ in range(3):
         _, ready = stack.enter_context(running(SERVE, env, SIDECAR_READY))
@@ -58,9 +61,11 @@ def scores(response: httpx.Response) -> list[float]:
     return [entry["score"] for entry in response.json()["scores"]]
 
 
-def is_verified(store: RedisServer, key: str) -> bool:
-    """Whether the store holds ``key`` as one NIM has accepted."""
-    return store.command(b"EXISTS", NAMESPACE + b"verified:" + key_digest(key)).startswith(b":1")
+def is_verified(store: RedisServer, emulator: Emulator, key: str) -> bool:
+    """Whether the store holds ``key`` as one the emulator has accepted."""
+    digests = Digests(derive_secret(CACHE_SECRET))
+    grant = (digests.tag(identity_text(emulator.url + "/v1/ranking")), digests.key(key))
+    return store.command(b"EXISTS", verified_name(digests, grant)).startswith(b":1")
 
 
 def wait_until_stored(store: RedisServer, before: int, added: int) -> None:
@@ -82,7 +87,7 @@ def test_a_pair_scored_through_one_replica_is_a_hit_on_the_others(
     replicas: list[str], emulator: Emulator, store: RedisServer
 ) -> None:
     query = f"which way to the mill {uuid.uuid4()}"
-    before, new_key = store.key_count(), not is_verified(store, SERVER_KEY)
+    before, new_key = store.key_count(), not is_verified(store, emulator, SERVER_KEY)
     first = scores(rerank(replicas[0], query, DOCUMENTS))
     assert len(emulator.state.calls) == 1
     wait_until_stored(store, before, len(DOCUMENTS) + new_key)
@@ -104,7 +109,7 @@ def test_a_key_verified_through_one_replica_reads_the_cache_through_another(
 ) -> None:
     query = f"verified elsewhere {uuid.uuid4()}"
     tenant = "nvapi-tenant-a-123"
-    before, new_key = store.key_count(), not is_verified(store, tenant)
+    before, new_key = store.key_count(), not is_verified(store, emulator, tenant)
     scores(rerank(replicas[0], query, DOCUMENTS, **{"X-Nvidia-Api-Key": tenant}))
     wait_until_stored(store, before, len(DOCUMENTS) + new_key)
     calls = len(emulator.state.calls)

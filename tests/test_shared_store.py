@@ -72,14 +72,13 @@ def test_passages_per_minute_wait_for_enough_room_and_a_too_big_call_never_fits(
 async def test_over_budget_waits_when_the_deadline_allows_and_is_refused_otherwise() -> None:
     clock = FakeClock()
     budget = NimBudget(1, None, metrics=Metrics(), clock=clock)
-    await budget.admit("nvapi-a-key-123", 1, deadline=clock.now + 5)
+    await budget.admit(b"endpoint+key", 1, deadline=clock.now + 5)
     with pytest.raises(RerankError) as refused:
-        await budget.admit("nvapi-a-key-123", 1, deadline=clock.now + 5)
+        await budget.admit(b"endpoint+key", 1, deadline=clock.now + 5)
     assert refused.value.code is ErrorCode.RESOURCE_EXHAUSTED
     assert refused.value.rate_limited
     assert refused.value.retry_after_s == pytest.approx(60)
     assert "RERANKER_UPSTREAM_RPM" in refused.value.message
-    assert "nvapi-a-key-123" not in refused.value.message
 
 
 async def test_a_store_that_is_down_is_reported_once_and_left_alone_for_a_second(

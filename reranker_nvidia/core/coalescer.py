@@ -2,7 +2,7 @@
 
 - Single flight: a (query, passage) pair already on its way upstream is not sent again; the
   second caller waits for the first call's answer.
-- Batching: requests for the same endpoint, model, truncation, query and key that arrive
+- Batching: requests for the same route (endpoints), model, truncation, query and key that arrive
   close together (Weaviate sends chunks of 32 in parallel) go out as one call of up to
   ``max_passages`` passages, and each caller gets back exactly its own scores.
 
@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from reranker_nvidia.core.targets import Target
-from reranker_nvidia.core.upstream.nim_client import UpstreamRanking
+from reranker_nvidia.core.upstream.answers import UpstreamRanking
 from reranker_nvidia.types import Usage
 
 Send = Callable[[Target, str, Sequence[str], float], Awaitable[UpstreamRanking]]
 # A batch waiting for announced siblings never waits longer than this many windows.
 SIBLING_WAIT_WINDOWS = 4
-# Requests share a call only when all of these are the same: key, endpoint, model,
-# truncation, guarded or not, and query.
-Group = tuple[str | None, str, str, str | None, bool, str]
+# Requests share a call only when all of these are the same: the caller's key, the route,
+# model, truncation, and query.
+Group = tuple[str | None, str, str, str | None, str]
 
 
 class Timer(Protocol):
@@ -141,8 +141,9 @@ class Coalescer:
         deadline: float,
         *,
         siblings_expected: bool = False,
-    ) -> tuple[list[float], Usage]:
-        """Logits for ``passages`` (one per key, in order), and this caller's share of usage."""
+    ) -> tuple[list[float], list[bytes], Usage]:
+        """Logits for ``passages`` (one per key, in order), the tag of the endpoint that
+        answered each, and this caller's share of usage."""
         ask = _Ask(target, query, passages, keys, deadline, siblings_expected)
         placement = self._place(ask)
         batches = placement.batches
@@ -155,7 +156,8 @@ class Coalescer:
             self._arm_timer(batch, added_to=batch in placement.own)
         answers = await self._wait(batches)
         logits = [answers[batch].logits[index] for batch, index in placement.places]
-        return logits, usage_share(placement.own, answers)
+        tags = [answers[batch].tag for batch, _ in placement.places]
+        return logits, tags, usage_share(placement.own, answers)
 
     def _place(self, ask: _Ask) -> _Placement:
         """Each passage joins the call already carrying it, else the open batch of its group
@@ -163,15 +165,14 @@ class Coalescer:
         placement = _Placement()
         target = ask.target
         group: Group = (
-            target.api_key,
-            target.endpoint,
+            target.request_key,
+            target.route,
             target.model,
             target.truncate,
-            target.guarded,
             ask.query,
         )
         for passage, key in zip(ask.passages, ask.keys, strict=True):
-            pending = self._pending.get((target.api_key, key))
+            pending = self._pending.get((target.request_key, key))
             if pending is not None:
                 placement.places.append(pending)
                 placement.joined = True
@@ -186,7 +187,7 @@ class Coalescer:
             index = len(batch.passages)
             batch.keys.append(key)
             batch.passages.append(passage)
-            self._pending[(target.api_key, key)] = (batch, index)
+            self._pending[(target.request_key, key)] = (batch, index)
             placement.own[batch] = placement.own.get(batch, 0) + 1
             placement.places.append((batch, index))
             if len(batch.passages) >= self._max_passages:
@@ -279,8 +280,9 @@ class Coalescer:
 
     def _forget(self, batch: _Batch) -> None:
         for key in batch.keys:
-            if self._pending.get((batch.target.api_key, key), (None,))[0] is batch:
-                del self._pending[(batch.target.api_key, key)]
+            pending = (batch.target.request_key, key)
+            if self._pending.get(pending, (None,))[0] is batch:
+                del self._pending[pending]
 
     async def _run(self, batch: _Batch) -> None:
         try:

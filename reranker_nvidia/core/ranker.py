@@ -16,10 +16,11 @@ from typing import Literal, cast
 
 from reranker_nvidia.core.admission import Admission
 from reranker_nvidia.core.coalescer import Coalescer
+from reranker_nvidia.core.digests import Digests
 from reranker_nvidia.core.redaction import scrub
 from reranker_nvidia.core.request_context import request_secrets
-from reranker_nvidia.core.score_cache import ScoreCache, digest, scope_digest
-from reranker_nvidia.core.shared_cache import SharedScores
+from reranker_nvidia.core.score_cache import ScoreCache
+from reranker_nvidia.core.shared_cache import Grant, SharedScores
 from reranker_nvidia.core.targets import RankOptions, Target, TargetResolver
 from reranker_nvidia.core.verified_keys import VerifiedKeys
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
@@ -62,6 +63,7 @@ class Ranker:
     verified_keys: VerifiedKeys
     coalescer: Coalescer
     admission: Admission
+    digests: Digests
     shared: SharedScores | None = None
     """The second cache level, in the store replicas share (``RERANKER_CACHE_URL``)."""
     secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -94,7 +96,7 @@ class Ranker:
         budget = self.limits.request_timeout_s
         if budget_s is not None:
             budget = min(budget, max(budget_s, 0.0))
-        secrets = request_secrets.set((target.api_key,))
+        secrets = request_secrets.set((target.request_key,))
         try:
             async with self.admission.admit():
                 return await asyncio.wait_for(
@@ -115,7 +117,7 @@ class Ranker:
             ) from None
         except RerankError as error:
             # Whatever an upstream echoed, no secret this request knows leaves in it.
-            error.message = scrub(error.message, (*self.secrets, target.api_key))
+            error.message = scrub(error.message, (*self.secrets, target.request_key))
             raise
         finally:
             request_secrets.reset(secrets)
@@ -139,6 +141,16 @@ class Ranker:
                 "per request (RERANKER_MAX_TEXT_BYTES)"
             )
 
+    def pair_keys(
+        self, target: Target, query: str, documents: Sequence[str], request_key_id: bytes
+    ) -> list[bytes]:
+        """The cache's name of each (query, document) pair of a request for ``target``."""
+        owner = request_key_id.hex() if self.cache_scope == "key" else ""
+        prefix = self.digests.text(
+            f"{target.route}\x00{target.model}\x00{target.truncate or ''}\x00{owner}\x00{query}"
+        )
+        return self.digests.pairs(prefix, documents)
+
     async def _rank(
         self,
         target: Target,
@@ -152,25 +164,24 @@ class Ranker:
         splits them into calls of at most ``max_passages_per_call`` sent concurrently."""
         if not documents:
             return Ranking([], target.model, top_n=top_n)
-        scope = self.cache_scope
-        owner = self.verified_keys.digest(target.api_key) if scope == "key" else b""
-        prefix = scope_digest(target.endpoint, target.model, target.truncate, owner)
-        prefix += digest(query)
-        keys = [prefix + digest(document) for document in documents]
+        request_key_id = self.digests.key(target.request_key)
+        keys = self.pair_keys(target, query, documents, request_key_id)
         found: list[float | None] = [None] * len(keys)
-        readable = scope != "verified" or target.api_key in self.verified_keys
-        if self.cache.enabled:
-            if readable:
-                found = self.cache.get_many(keys)
-            else:
-                self.cache.pass_over(len(keys))
+        trust = _Trust(self, target, request_key_id)
+        cache = self.cache
+        if cache.enabled:
+            readable = trust.readable
+            for index, entry in enumerate(cache.get_many(keys)):
+                if entry is not None and readable(entry[2]):
+                    found[index] = entry[0]
         missing = [index for index, score in enumerate(found) if score is None]
-        if missing and self.shared is not None and self.cache.enabled:
-            missing = await self._read_shared(target, keys, found, missing, readable)
+        cache.count(len(keys) - len(missing), len(missing))
+        if missing and self.shared is not None and cache.enabled:
+            missing = await self._read_shared(trust, keys, found, missing)
         usage = Usage()
         if missing:
             missing_keys = [keys[index] for index in missing]
-            logits, usage = await self.coalescer.score(
+            logits, tags, usage = await self.coalescer.score(
                 target,
                 query,
                 [documents[index] for index in missing],
@@ -179,36 +190,86 @@ class Ranker:
                 siblings_expected=siblings_expected,
             )
             # The one place scores enter the cache: only answers NIM gave, never errors.
-            self.cache.put_many(missing_keys, logits)
-            if self.shared is not None and self.cache.enabled:
-                self.shared.store_scores(missing_keys, logits)
+            for tag, group in _by_tag(tags):
+                group_keys = missing_keys if group is None else [missing_keys[i] for i in group]
+                group_logits = logits if group is None else [logits[i] for i in group]
+                cache.put_many(group_keys, group_logits, tag)
+                if self.shared is not None and cache.enabled:
+                    self.shared.store_scores(group_keys, group_logits, tag)
             for index, logit in zip(missing, logits, strict=True):
                 found[index] = logit
         # Every None was a miss, and every miss has its logit now.
         return Ranking(cast(list[float], found), target.model, usage, top_n)
 
     async def _read_shared(
-        self,
-        target: Target,
-        keys: list[bytes],
-        found: list[float | None],
-        missing: list[int],
-        readable: bool,
+        self, trust: _Trust, keys: list[bytes], found: list[float | None], missing: list[int]
     ) -> list[int]:
         """Fill ``found`` from the shared store, in one round trip that also asks whether
-        another replica verified this key; the indices still missing."""
+        another replica saw the request's endpoints accept its key; the indices still
+        missing."""
         assert self.shared is not None
-        asked = None if readable else self.verified_keys.digest(target.api_key)
-        stored, verified = await self.shared.lookup([keys[i] for i in missing], asked)
-        if not (readable or verified):
-            return missing
-        if verified:
-            self.verified_keys.learned(target.api_key)
-        hits = [(i, logit) for i, logit in zip(missing, stored, strict=True) if logit is not None]
-        for index, logit in hits:
+        stored, verified = await self.shared.lookup([keys[i] for i in missing], trust.unknown())
+        for tag, key_id in verified:
+            self.verified_keys.learned(tag, key_id)
+            trust.learned(tag)
+        readable = trust.readable
+        hits = [
+            (index, entry)
+            for index, entry in zip(missing, stored, strict=True)
+            if entry is not None and readable(entry[1])
+        ]
+        for index, (logit, tag) in hits:
             found[index] = logit
-        self.cache.put_many([keys[i] for i, _ in hits], [logit for _, logit in hits])
+            self.cache.put_many([keys[index]], [logit], tag)
         return [index for index in missing if found[index] is None]
+
+
+class _Trust:
+    """Which endpoints' cached scores one request may read: every one under scopes ``shared``
+    and ``key`` (the latter keeps each key's scores apart by the cache key itself), and under
+    ``verified`` those of the request's endpoints that have accepted the key it would send
+    them."""
+
+    def __init__(self, ranker: Ranker, target: Target, request_key_id: bytes) -> None:
+        self._verified_keys = ranker.verified_keys
+        self._everyone = ranker.cache_scope != "verified"
+        self._key_ids = {
+            endpoint.tag: request_key_id
+            if target.request_key is not None
+            else ranker.digests.key(endpoint.key)
+            for endpoint in target.endpoints
+        }
+        self._known: dict[bytes, bool] = {}
+
+    def readable(self, tag: bytes) -> bool:
+        if self._everyone:
+            return True
+        known = self._known.get(tag)
+        if known is None:
+            key_id = self._key_ids.get(tag)
+            known = key_id is not None and self._verified_keys.holds(tag, key_id)
+            self._known[tag] = known
+        return known
+
+    def unknown(self) -> list[Grant]:
+        """The (endpoint, key) grants worth asking the shared store about."""
+        if self._everyone:
+            return []
+        return [(tag, key_id) for tag, key_id in self._key_ids.items() if not self.readable(tag)]
+
+    def learned(self, tag: bytes) -> None:
+        self._known[tag] = True
+
+
+def _by_tag(tags: list[bytes]) -> list[tuple[bytes, list[int] | None]]:
+    """The positions answered by each endpoint; ``None`` when one endpoint answered all."""
+    first = tags[0]
+    if all(tag == first for tag in tags):
+        return [(first, None)]
+    groups: dict[bytes, list[int]] = {}
+    for position, tag in enumerate(tags):
+        groups.setdefault(tag, []).append(position)
+    return list(groups.items())
 
 
 def check_count(field: str, count: int, limit: int, variable: str) -> None:

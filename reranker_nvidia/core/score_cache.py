@@ -1,29 +1,24 @@
-"""Pair-level score cache: (where, model, truncate, query, passage) -> logit.
+"""Pair-level score cache: (route, model, truncate, query, passage) -> logit, and the endpoint
+that answered it.
 
 A logit depends only on the model, the truncation and the two texts, so it can be reused
-across requests and callers; who may read it is the core's decision (``RERANKER_CACHE_SCOPE``).
-Keys are 16-byte BLAKE2b digests, so the cache holds no text and no API key.
-Bounded by entries and by bytes (least recently used goes first) and by age (TTL).
+across requests and callers; who may read it is the core's decision (``RERANKER_CACHE_SCOPE``),
+made per entry from the endpoint that paid for it. Keys are keyed digests (``digests.py``),
+so the cache holds no text and no API key. Bounded by entries and by bytes (least recently
+used goes first) and by age (TTL).
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-# What one entry costs: the 48-byte key object, the float, and the OrderedDict link.
-ENTRY_BYTES = 240
+# What one entry costs: the 48-byte key object, the entry tuple, the tag, the OrderedDict link.
+ENTRY_BYTES = 280
 
-
-def digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-
-
-def scope_digest(endpoint: str, model: str, truncate: str | None, owner: bytes = b"") -> bytes:
-    """What a score depends on besides its texts; ``owner`` scopes it to one key's callers."""
-    return digest(f"{endpoint}\x00{model}\x00{truncate or ''}\x00{owner.hex()}")
+# (logit, expiry, tag of the endpoint that answered it)
+Entry = tuple[float, float, bytes]
 
 
 class ScoreCache:
@@ -38,7 +33,7 @@ class ScoreCache:
         self._capacity = max(0, min(max_entries, max_bytes // ENTRY_BYTES))
         self._ttl_s = ttl_s
         self._clock = clock
-        self._entries: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -53,37 +48,34 @@ class ScoreCache:
     def size_bytes(self) -> int:
         return len(self._entries) * ENTRY_BYTES
 
-    def get_many(self, keys: Sequence[bytes]) -> list[float | None]:
-        """The cached logit of each key, or None; expired entries count as misses."""
+    def get_many(self, keys: Sequence[bytes]) -> list[Entry | None]:
+        """The entry of each key, or None; expired entries are misses. Hits are counted by
+        the reader (``count``), which may not be allowed to read every entry it finds."""
         now = self._clock()
-        found: list[float | None] = []
+        found: list[Entry | None] = []
         entries = self._entries
         for key in keys:
             entry = entries.get(key)
-            if entry is None:
-                found.append(None)
-            elif entry[1] <= now:
+            if entry is not None and entry[1] <= now:
                 del entries[key]
-                found.append(None)
-            else:
+                entry = None
+            elif entry is not None:
                 entries.move_to_end(key)
-                found.append(entry[0])
-        hits = sum(value is not None for value in found)
-        self.hits += hits
-        self.misses += len(keys) - hits
+            found.append(entry)
         return found
 
-    def pass_over(self, count: int) -> None:
-        """``count`` lookups the caller may not read: misses, as far as the caller sees."""
-        self.misses += count
+    def count(self, hits: int, misses: int) -> None:
+        self.hits += hits
+        self.misses += misses
 
-    def put_many(self, keys: Sequence[bytes], logits: Sequence[float]) -> None:
+    def put_many(self, keys: Sequence[bytes], logits: Sequence[float], tag: bytes) -> None:
+        """Scores the endpoint ``tag`` answered."""
         if not self._capacity:
             return
         expires = self._clock() + self._ttl_s
         entries = self._entries
         for key, logit in zip(keys, logits, strict=True):
-            entries[key] = (logit, expires)
+            entries[key] = (logit, expires, tag)
             entries.move_to_end(key)
         while len(entries) > self._capacity:
             entries.popitem(last=False)

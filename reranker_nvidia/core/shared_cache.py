@@ -1,12 +1,15 @@
 """The second level of the pair cache, in the shared store: what one replica paid NIM for,
 every replica serves.
 
-Keys are the in-process cache's digests under the project's namespace (no text, no key);
-values are the 8-byte logit; the store expires them after the cache TTL. The keys NIM has
-accepted are shared the same way (as digests), so a key verified through one replica may
-read the cache through any. A request costs at most one round trip to read (one pipeline:
-its missing pairs and, when needed, its key's verification) and one to write, sent without
-waiting for it.
+The store is untrusted storage: other programs may share it, and anyone who can write to it
+could plant entries. So every name is a keyed digest under ``RERANKER_CACHE_SECRET`` (nobody
+without the secret can compute which name a pair or a key would have), and every value
+carries a MAC over its name and content (a value copied to another name, truncated or made
+up is a miss). Scores are stored with the tag of the endpoint that answered them; the keys an
+endpoint accepted are shared the same way, so a key verified at an endpoint through one
+replica may read that endpoint's scores through any. A request costs at most one round trip
+to read (one pipeline: its missing pairs and, when needed, its key's verifications) and one to
+write, sent without waiting for it.
 """
 
 from __future__ import annotations
@@ -18,57 +21,96 @@ from collections.abc import Callable, Sequence
 
 from redis.asyncio.client import Pipeline
 
+from reranker_nvidia.core.digests import DIGEST_BYTES, TAG_BYTES, Digests
 from reranker_nvidia.core.metrics import Metrics
 from reranker_nvidia.core.store import NAMESPACE, SharedStore
 
 _SCORE = NAMESPACE + b"score:"
 _VERIFIED = NAMESPACE + b"verified:"
 _LOGIT = struct.Struct("<d")
+_VALUE_BYTES = _LOGIT.size + TAG_BYTES + DIGEST_BYTES
 # Writes in flight at once; past this a write is dropped (the pair is paid again later).
 MAX_PENDING_WRITES = 64
 
+# (endpoint tag, key digest)
+Grant = tuple[bytes, bytes]
+
+
+def verified_name(digests: Digests, grant: Grant) -> bytes:
+    """Where the store records that an endpoint accepted a key."""
+    return _VERIFIED + digests.mac(b"verified", *grant)
+
 
 class SharedScores:
-    def __init__(self, store: SharedStore, *, ttl_s: float, metrics: Metrics) -> None:
+    def __init__(
+        self, store: SharedStore, *, ttl_s: float, metrics: Metrics, digests: Digests
+    ) -> None:
         self._store = store
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._metrics = metrics
+        self._digests = digests
         self._writes: set[asyncio.Task[None]] = set()
 
     async def lookup(
-        self, keys: Sequence[bytes], key_digest: bytes | None
-    ) -> tuple[list[float | None], bool]:
-        """The stored logit of each key (None if absent), and whether ``key_digest`` is a key
-        some replica saw NIM accept (False when not asked or the store did not answer)."""
+        self, keys: Sequence[bytes], grants: Sequence[Grant]
+    ) -> tuple[list[tuple[float, bytes] | None], set[Grant]]:
+        """The stored (logit, endpoint tag) of each key (None if absent or not authentic), and
+        which of ``grants`` some replica saw the endpoint accept (none when the store did not
+        answer)."""
         client = self._store.client
+        names = [_SCORE + key for key in keys]
+        grant_names = [verified_name(self._digests, grant) for grant in grants]
 
         async def read() -> list[object]:
             pipe = client.pipeline(transaction=False)
-            pipe.mget([_SCORE + key for key in keys])
-            if key_digest is not None:
-                pipe.exists(_VERIFIED + key_digest)
+            pipe.mget(names)
+            if grant_names:
+                pipe.mget(grant_names)
             return await pipe.execute()
 
         answer = await self._store.run("read", read, keys=len(keys)) or []
         values = answer[0] if answer else None
         if not isinstance(values, list) or len(values) != len(keys):
-            return [None] * len(keys), False
-        found = [_logit(value) for value in values]
-        self._metrics.store_hits.inc(sum(value is not None for value in found))
-        return found, key_digest is not None and len(answer) > 1 and bool(answer[1])
+            return [None] * len(keys), set()
+        found = [self._score(name, value) for name, value in zip(names, values, strict=True)]
+        self._metrics.store_hits.inc(sum(entry is not None for entry in found))
+        verified: set[Grant] = set()
+        if grant_names and len(answer) > 1 and isinstance(answer[1], list):
+            for grant, name, value in zip(grants, grant_names, answer[1], strict=False):
+                if isinstance(value, bytes) and self._digests.verify(value, name):
+                    verified.add(grant)
+        return found, verified
 
-    def store_scores(self, keys: Sequence[bytes], logits: Sequence[float]) -> None:
+    def _score(self, name: bytes, value: object) -> tuple[float, bytes] | None:
+        """A stored score; anything else (another program's value, damage, a forgery) is a
+        miss."""
+        if not isinstance(value, bytes) or len(value) != _VALUE_BYTES:
+            return None
+        body, mac = value[:-DIGEST_BYTES], value[-DIGEST_BYTES:]
+        if not self._digests.verify(mac, name, body):
+            return None
+        logit: float = _LOGIT.unpack_from(body)[0]
+        return (logit, body[_LOGIT.size :]) if math.isfinite(logit) else None
+
+    def store_scores(self, keys: Sequence[bytes], logits: Sequence[float], tag: bytes) -> None:
+        mac = self._digests.mac
+
         def fill(pipe: Pipeline) -> None:
             for key, logit in zip(keys, logits, strict=True):
-                pipe.set(_SCORE + key, _LOGIT.pack(logit), px=self._ttl_ms)
+                name = _SCORE + key
+                body = _LOGIT.pack(logit) + tag
+                pipe.set(name, body + mac(name, body), px=self._ttl_ms)
 
         self._write("write", fill, len(keys))
 
-    def verified(self, key_digest: bytes) -> None:
-        self._write("verify", lambda pipe: pipe.set(_VERIFIED + key_digest, b"1", px=self._ttl_ms))
+    def verified(self, tag: bytes, key_id: bytes) -> None:
+        name = verified_name(self._digests, (tag, key_id))
+        value = self._digests.mac(name)
+        self._write("verify", lambda pipe: pipe.set(name, value, px=self._ttl_ms))
 
-    def rejected(self, key_digest: bytes) -> None:
-        self._write("verify", lambda pipe: pipe.delete(_VERIFIED + key_digest))
+    def rejected(self, tag: bytes, key_id: bytes) -> None:
+        name = verified_name(self._digests, (tag, key_id))
+        self._write("verify", lambda pipe: pipe.delete(name))
 
     def _write(self, operation: str, fill: Callable[[Pipeline], object], keys: int = 1) -> None:
         if not self._store.available or len(self._writes) >= MAX_PENDING_WRITES:
@@ -92,11 +134,3 @@ class SharedScores:
         """Wait for the writes sent so far (at shutdown, and in tests)."""
         while self._writes:
             await asyncio.gather(*list(self._writes), return_exceptions=True)
-
-
-def _logit(value: object) -> float | None:
-    """A stored logit; anything else (another program's value, damage) is a miss."""
-    if isinstance(value, bytes) and len(value) == _LOGIT.size:
-        logit: float = _LOGIT.unpack(value)[0]
-        return logit if math.isfinite(logit) else None
-    return None

@@ -1,5 +1,11 @@
 """Where one request goes and with which key: precedence (request, collection, server), the
-endpoint for the model, and the rule that keeps the server's key at home."""
+endpoint for the model, and the rule that keeps the operator's keys at home.
+
+Every surface's options pass through ``TargetResolver.resolve``, so the checks here hold for
+all of them: the model id matches the grammar, a caller-chosen base URL passes the SSRF checks,
+and a key of the operator's (the server key, or an endpoint's own) is attached only to a final
+URL the configuration allows (``ConfiguredBase.allows``).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,15 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from reranker_nvidia.core.digests import Digests
 from reranker_nvidia.core.endpoints import (
-    endpoint_identity,
+    ConfiguredBase,
+    identity_text,
     is_hosted,
     resolve_endpoint,
 )
 from reranker_nvidia.core.keys import usable_key
-from reranker_nvidia.core.model_ids import normalise_model
+from reranker_nvidia.core.model_ids import check_model_id
 from reranker_nvidia.core.redaction import redact_url
 from reranker_nvidia.core.ssrf import check_url_text, parse_base_url
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
@@ -44,25 +52,51 @@ class RankOptions:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
+class Endpoint:
+    """One NIM ranking endpoint for one model: the unit of trust, budgets and pauses."""
+
+    url: str
+    """The final URL a call is posted to."""
+    name: str
+    """What logs and metrics call it (never a credential)."""
+    tag: bytes
+    """A keyed digest of the URL's identity: verified keys, cached scores and NIM's pauses are
+    recorded per endpoint under it."""
+    key: str | None = field(repr=False)
+    """The operator's key for it; a request's own key wins."""
+    guarded: bool
+    """Chosen by a caller and not allow-listed: its connections pass the SSRF address check."""
+
+
+@dataclass(frozen=True, eq=False)
 class Target:
     """Where and how one request is sent: fully resolved, nothing left to default."""
 
-    endpoint: str
     model: str
     truncate: str | None
-    api_key: str | None = field(repr=False)
-    guarded: bool = False
-    """A base URL the caller chose: its connections pass the SSRF address check."""
+    route: str
+    """What the endpoints are, as the cache scope and coalescing know it: the configured
+    endpoints of the model, or one endpoint a caller chose."""
+    endpoints: tuple[Endpoint, ...]
+    request_key: str | None = field(repr=False)
+    """The caller's own key, sent to whichever endpoint serves the call."""
+
+    @property
+    def guarded(self) -> bool:
+        return self.endpoints[0].guarded
+
+    def key_for(self, endpoint: Endpoint) -> str | None:
+        return self.request_key if self.request_key is not None else endpoint.key
 
 
 class TargetResolver:
     """Turns a request's options into a ``Target``, or refuses them.
 
-    The server's key only ever goes to the endpoint a trusted base URL (the configured one or
-    an allow-listed one) resolves to for the request's model, reached by a URL with no query,
-    fragment or user-info; any other base URL must come with the request's own key and passes
-    the SSRF checks.
+    The server's key only ever goes to a final URL that a trusted base URL (the configured one
+    or an allow-listed one) resolves to, reached by a base URL with no query, fragment or
+    user-info; any other base URL must come with the request's own key and passes the SSRF
+    checks.
     """
 
     def __init__(
@@ -71,6 +105,7 @@ class TargetResolver:
         defaults: RankOptions,
         server_key: str | None,
         trusted_base_urls: Sequence[str],
+        digests: Digests,
     ) -> None:
         if defaults.base_url is None or defaults.model is None:
             raise ValueError("the defaults must name a base URL and a model")
@@ -78,7 +113,9 @@ class TargetResolver:
         self._base_url = defaults.base_url
         self._model = defaults.model
         self._server_key = server_key
-        self._trusted_base_urls = tuple(trusted_base_urls)
+        self._trusted = tuple(ConfiguredBase(url) for url in trusted_base_urls)
+        self._digests = digests
+        self._endpoint = functools.lru_cache(maxsize=4096)(self._make_endpoint)
 
     def resolve(self, options: RankOptions) -> Target:
         request_key = usable_key(options.api_key)
@@ -92,14 +129,13 @@ class TargetResolver:
         truncate = chosen.truncate.strip().upper() if chosen.truncate else None
         if truncate is not None and truncate not in TRUNCATE_VALUES:
             raise invalid_argument(f"truncate must be NONE or END, got {chosen.truncate!r}")
-        model = normalise_model(chosen.model or self._model)
-        endpoint = resolve_endpoint(base_url, model)
-        trusted = self._is_trusted(base_url, endpoint, model)
-        if not trusted:
+        model = check_model_id(chosen.model or self._model)
+        endpoint = self._endpoint(base_url, model)
+        if endpoint.guarded:
             check_url_text(base_url)
-        if request_key is None and self._server_key is None and is_hosted(base_url):
+        if request_key is None and endpoint.key is None and is_hosted(base_url):
             raise RerankError(ErrorCode.UNAUTHENTICATED, NO_KEY_MESSAGE)
-        if request_key is None and not trusted:
+        if request_key is None and endpoint.guarded:
             raise RerankError(
                 ErrorCode.PERMISSION_DENIED,
                 f"base URL {redact_url(base_url)} is neither RERANKER_BASE_URL nor in "
@@ -107,21 +143,24 @@ class TargetResolver:
                 "request's own key (X-Nvidia-Api-Key, Authorization: Bearer, or gRPC "
                 "metadata x-nvidia-api-key)",
             )
-        api_key = request_key if request_key is not None else self._server_key
-        return Target(endpoint, model, truncate, api_key, guarded=not trusted)
+        return Target(model, truncate, identity_text(endpoint.url), (endpoint,), request_key)
 
-    def _is_trusted(self, base_url: str, endpoint: str, model: str) -> bool:
+    def _make_endpoint(self, base_url: str, model: str) -> Endpoint:
+        url = resolve_endpoint(base_url, model)
+        trusted = self._is_trusted(base_url, url)
+        return Endpoint(
+            url=url,
+            name=redact_url(url),
+            tag=self._digests.tag(identity_text(url)),
+            key=self._server_key if trusted else None,
+            guarded=not trusted,
+        )
+
+    def _is_trusted(self, base_url: str, url: str) -> bool:
         parts = parse_base_url(base_url)
         if parts.query or parts.fragment or parts.username is not None or "@" in parts.netloc:
             return False
-        identity = endpoint_identity(endpoint)
-        return any(_endpoint_of(trusted, model) == identity for trusted in self._trusted_base_urls)
-
-
-@functools.lru_cache(maxsize=1024)
-def _endpoint_of(base_url: str, model: str) -> tuple[str, str, int, str]:
-    """Where a configured base URL sends ``model``: the same for every request, so kept."""
-    return endpoint_identity(resolve_endpoint(base_url, model))
+        return any(base.allows(url) for base in self._trusted)
 
 
 def check_key_text(key: str) -> None:

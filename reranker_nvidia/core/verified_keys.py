@@ -1,11 +1,14 @@
-"""Which keys NIM has accepted lately, so that cached scores go only to callers NIM would serve.
+"""Which keys each NIM endpoint has accepted lately, so that cached scores go only to callers
+that endpoint would serve.
 
-A score in the cache was paid for with some caller's key. Serving it to a request whose key NIM
-would refuse would hand a stranger's paid-for answer to anyone, so by default the cache is read
-only for a key NIM has answered 2xx for within the cache's TTL; a 401 or 403 for a key drops it
-at once. Keys are held as digests (``keys.key_digest``), never as text; the digest is the
-same in every replica, so that replicas sharing a store (``shared_cache.py``) share what they
-know.
+A score in the cache was paid for with some caller's key at some endpoint. Serving it to a
+request whose key that endpoint would refuse would hand a stranger's paid-for answer to
+anyone, so by default a cached score is read only by a key the endpoint that paid for it has
+answered 2xx for within the cache's TTL; a 401 or 403 from an endpoint drops the key there at
+once. Trust is per (endpoint, key): an endpoint that answers anything (a caller-chosen one, or
+a self-hosted NIM without keys) vouches for keys at itself only. Keys and endpoints are held
+as keyed digests (``digests.py``), never as text; with a shared store the digests are the same
+in every replica, so that replicas share what they know (``shared_cache.py``).
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from reranker_nvidia.core.keys import key_digest
-
 if TYPE_CHECKING:
     from reranker_nvidia.core.shared_cache import SharedScores
 
-# Enough for every tenant of a busy deployment; the least recently seen key goes first.
-MAX_KEYS = 10_000
+# Enough for every tenant of a busy deployment at every endpoint; the least recently seen goes
+# first.
+MAX_ENTRIES = 10_000
+
+# (endpoint tag, key digest)
+Grant = tuple[bytes, bytes]
 
 
 class VerifiedKeys:
@@ -29,52 +34,52 @@ class VerifiedKeys:
         self,
         *,
         ttl_s: float,
-        max_keys: int = MAX_KEYS,
+        max_entries: int = MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
         shared: SharedScores | None = None,
     ) -> None:
-        """``shared``: the store other replicas read, told of every key NIM accepts or
+        """``shared``: the store other replicas read, told of every key an endpoint accepts or
         refuses here."""
         self._shared = shared
         self._ttl_s = ttl_s
-        self._max_keys = max_keys
+        self._max_entries = max_entries
         self._clock = clock
-        self._expiry: OrderedDict[bytes, float] = OrderedDict()
+        self._expiry: OrderedDict[Grant, float] = OrderedDict()
 
-    digest = staticmethod(key_digest)
-
-    def accepted(self, key: str | None) -> None:
-        """NIM answered 2xx for ``key``: the store hears of it when this replica's own
-        record is new or half its TTL old, not on every call."""
-        digest = self.digest(key)
+    def accepted(self, tag: bytes, key_id: bytes) -> None:
+        """The endpoint ``tag`` answered 2xx for the key ``key_id``: the store hears of it when
+        this replica's own record is new or half its TTL old, not on every call."""
+        grant = (tag, key_id)
         now = self._clock()
-        previous = self._expiry.get(digest)
-        self._remember(digest, now)
+        previous = self._expiry.get(grant)
+        self._remember(grant, now)
         if self._shared is not None and (previous is None or previous - now < self._ttl_s / 2):
-            self._shared.verified(digest)
+            self._shared.verified(tag, key_id)
 
-    def learned(self, key: str | None) -> None:
-        """Another replica saw NIM accept ``key`` (the shared store says so)."""
-        self._remember(self.digest(key), self._clock())
+    def learned(self, tag: bytes, key_id: bytes) -> None:
+        """Another replica saw the endpoint accept the key (the shared store says so)."""
+        self._remember((tag, key_id), self._clock())
 
-    def _remember(self, digest: bytes, now: float) -> None:
-        self._expiry[digest] = now + self._ttl_s
-        self._expiry.move_to_end(digest)
-        while len(self._expiry) > self._max_keys:
+    def _remember(self, grant: Grant, now: float) -> None:
+        self._expiry[grant] = now + self._ttl_s
+        self._expiry.move_to_end(grant)
+        while len(self._expiry) > self._max_entries:
             self._expiry.popitem(last=False)
 
-    def rejected(self, key: str | None) -> None:
-        digest = self.digest(key)
-        self._expiry.pop(digest, None)
+    def rejected(self, tag: bytes, key_id: bytes) -> None:
+        self._expiry.pop((tag, key_id), None)
         if self._shared is not None:
-            self._shared.rejected(digest)
+            self._shared.rejected(tag, key_id)
 
-    def __contains__(self, key: str | None) -> bool:
-        digest = self.digest(key)
-        expires = self._expiry.get(digest)
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def holds(self, tag: bytes, key_id: bytes) -> bool:
+        grant = (tag, key_id)
+        expires = self._expiry.get(grant)
         if expires is None:
             return False
         if expires <= self._clock():
-            del self._expiry[digest]
+            del self._expiry[grant]
             return False
         return True

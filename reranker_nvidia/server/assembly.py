@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from reranker_nvidia.core.admission import Admission
 from reranker_nvidia.core.coalescer import Coalescer
+from reranker_nvidia.core.digests import Digests, derive_secret
 from reranker_nvidia.core.metrics import Metrics
 from reranker_nvidia.core.ranker import Ranker, RequestLimits
 from reranker_nvidia.core.score_cache import ScoreCache
@@ -46,6 +47,10 @@ class Core:
 def build_core(settings: Settings, *, resolver: Resolver = system_resolver) -> Core:
     secrets = settings.secret_values()
     metrics = Metrics()
+    # Random per process unless replicas share a store (then the settings require it).
+    digests = Digests(
+        derive_secret(settings.cache_secret.get_secret_value() if settings.cache_secret else None)
+    )
     store = shared = None
     if settings.cache_url is not None:
         store = SharedStore(
@@ -56,7 +61,7 @@ def build_core(settings: Settings, *, resolver: Resolver = system_resolver) -> C
             timeout_s=settings.cache_timeout_ms / 1000,
             metrics=metrics,
         )
-        shared = SharedScores(store, ttl_s=settings.cache_ttl_s, metrics=metrics)
+        shared = SharedScores(store, ttl_s=settings.cache_ttl_s, metrics=metrics, digests=digests)
     verified_keys = VerifiedKeys(ttl_s=settings.cache_ttl_s, shared=shared)
     caller = UpstreamCaller(
         NimClient(
@@ -71,7 +76,9 @@ def build_core(settings: Settings, *, resolver: Resolver = system_resolver) -> C
         ),
         concurrency=settings.upstream_concurrency,
         attempt_timeout_s=settings.upstream_timeout_s,
+        max_retry_after_s=settings.max_retry_after_s,
         metrics=metrics,
+        digests=digests,
         verified_keys=verified_keys,
         budget=NimBudget(
             settings.upstream_rpm, settings.upstream_tpm, metrics=metrics, store=store
@@ -95,6 +102,7 @@ def build_core(settings: Settings, *, resolver: Resolver = system_resolver) -> C
             ),
             server_key=settings.server_key(),
             trusted_base_urls=(settings.base_url, *settings.allowed_base_urls),
+            digests=digests,
         ),
         limits=RequestLimits(
             max_documents=settings.max_documents,
@@ -107,6 +115,7 @@ def build_core(settings: Settings, *, resolver: Resolver = system_resolver) -> C
         verified_keys=verified_keys,
         coalescer=coalescer,
         admission=admission,
+        digests=digests,
         shared=shared,
         secrets=tuple(secrets),
     )

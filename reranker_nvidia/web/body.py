@@ -20,6 +20,8 @@ from pydantic.json_schema import models_json_schema
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _SCHEMAS = "#/components/schemas/{model}"
+# How deep a request body may nest (pydantic-core's JSON parser stops there).
+MAX_DEPTH = 200
 
 
 def request_body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -37,12 +39,17 @@ async def read_body(request: Request, model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate_json(body)
     except ValidationError as error:
-        if not any(problem["type"] == "json_invalid" for problem in error.errors()):
+        invalid = [problem for problem in error.errors() if problem["type"] == "json_invalid"]
+        if not invalid:
             raise _as_request_error(error) from None
+        if any("recursion limit" in str(problem.get("msg")) for problem in invalid):
+            raise _too_deep() from None
     # pydantic-core refuses some JSON the standard parser reads (a lone surrogate escape):
     # parsed here, it reaches the check that names the field.
     try:
         parsed = json.loads(body)
+    except RecursionError:
+        raise _too_deep() from None
     except ValueError:
         raise RequestValidationError(
             [{"type": "json_invalid", "loc": ("body",), "msg": "not valid JSON"}]
@@ -51,6 +58,12 @@ async def read_body(request: Request, model: type[ModelT]) -> ModelT:
         return model.model_validate(parsed)
     except ValidationError as error:
         raise _as_request_error(error) from None
+
+
+def _too_deep() -> RequestValidationError:
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body",), "msg": f"nested deeper than {MAX_DEPTH} levels"}]
+    )
 
 
 def _as_request_error(error: ValidationError) -> RequestValidationError:

@@ -1,11 +1,14 @@
-"""NIM's rate limit as a budget per API key: at most ``RERANKER_UPSTREAM_RPM`` calls and
-``RERANKER_UPSTREAM_TPM`` passages in any 60-second window, counted across every replica that
-shares the store (one atomic script per call), or in this process when there is none.
+"""NIM's rate limit as a budget per (endpoint, key): at most ``RERANKER_UPSTREAM_RPM`` calls
+and ``RERANKER_UPSTREAM_TPM`` passages in any 60-second window, counted across every replica
+that shares the store (one atomic script per call), or in this process when there is none.
 
 A call over budget waits for room if the wait fits its request's deadline, and is refused
-with a Retry-After otherwise. A 429 from NIM that says Retry-After pauses that key's budget,
-for every replica, for that long. While the store is down each replica keeps its own count:
-the budget then holds per replica, not across them.
+with a Retry-After otherwise. A 429 from an endpoint that says Retry-After pauses that
+(endpoint, key), for every replica, for that long (capped by the caller at
+``RERANKER_MAX_RETRY_AFTER_S``): an endpoint can pause itself only, never another. Each
+(endpoint, key) is named by an opaque keyed digest the caller computes, so the names in the
+store reveal nothing and cannot be targeted. While the store is down each replica keeps its
+own count: the budget then holds per replica, not across them.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from reranker_nvidia.core.keys import key_digest
 from reranker_nvidia.core.metrics import Metrics
 from reranker_nvidia.core.store import NAMESPACE, SharedStore
 from reranker_nvidia.errors import ErrorCode, RerankError
@@ -176,12 +178,12 @@ class NimBudget:
     def limited(self) -> bool:
         return self._max_calls is not None or self._max_passages is not None
 
-    async def admit(self, api_key: str | None, passages: int, deadline: float) -> None:
-        """Returns once the call may go; raises RESOURCE_EXHAUSTED (with Retry-After) if
-        there is no room before ``deadline`` (a ``time.monotonic()`` value)."""
+    async def admit(self, key_id: bytes, passages: int, deadline: float) -> None:
+        """Returns once a call for ``key_id`` (an (endpoint, key) digest) may go; raises
+        RESOURCE_EXHAUSTED (with Retry-After) if there is no room before ``deadline`` (a
+        ``time.monotonic()`` value)."""
         if not self.limited:
             return
-        key_id = key_digest(api_key)
         waited = False
         while True:
             room = await self._ask(key_id, passages)
@@ -198,7 +200,7 @@ class NimBudget:
             if self._clock() + wait >= deadline:
                 self._metrics.budget_refusals.inc()
                 why = (
-                    "NIM answered 429 for this key and asked every replica to wait"
+                    "NIM answered 429 for this key at this endpoint and asked every replica to wait"
                     if room.paused
                     else "over the NIM budget for this key (RERANKER_UPSTREAM_RPM / "
                     "RERANKER_UPSTREAM_TPM)"
@@ -235,12 +237,12 @@ class NimBudget:
                 return None if millis < 0 else Room(millis / 1000, paused=bool(paused))
         return self._local.admit(key_id, passages)
 
-    async def pause(self, api_key: str | None, seconds: float) -> None:
-        """NIM said 429, Retry-After ``seconds``: no call with this key for that long (when
-        a budget is set; without one, retries honour Retry-After on their own)."""
+    async def pause(self, key_id: bytes, seconds: float) -> None:
+        """An endpoint said 429, Retry-After ``seconds``, for ``key_id`` (an (endpoint, key)
+        digest): no call for it for that long (when a budget is set; without one, retries
+        honour Retry-After on their own)."""
         if not self.limited:
             return
-        key_id = key_digest(api_key)
         self._local.pause(key_id, seconds)
         store = self._store
         if store is not None:

@@ -10,14 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
-import math
 import socket
 import ssl
 from collections.abc import AsyncIterable, Sequence
-from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 import httpcore
@@ -25,7 +21,7 @@ import httpx
 import orjson
 
 from reranker_nvidia import __version__
-from reranker_nvidia.core.redaction import redact_url, scrub
+from reranker_nvidia.core.redaction import redact_url
 from reranker_nvidia.core.ssrf import (
     BlockedAddressError,
     Resolver,
@@ -33,30 +29,14 @@ from reranker_nvidia.core.ssrf import (
     public_addresses,
     system_resolver,
 )
+from reranker_nvidia.core.upstream.answers import UpstreamRanking, loads, ranking_from
 from reranker_nvidia.core.upstream.transport import ConnectionPools, Destination
-from reranker_nvidia.errors import (
-    RETRYABLE_UPSTREAM_STATUSES,
-    ErrorCode,
-    RerankError,
-    code_for_upstream_status,
-    invalid_argument,
-)
-from reranker_nvidia.types import Usage
+from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 
 log = logging.getLogger("reranker_nvidia.upstream")
 
-_MAX_DETAIL_CHARS = 300
 # Answers larger than this are parsed on a worker thread, so the event loop keeps serving.
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
-_KNOWN_STATUSES = frozenset(status.value for status in HTTPStatus)
-
-
-@dataclass(frozen=True)
-class UpstreamRanking:
-    """One upstream call's answer: a logit per passage, in the order the passages were sent."""
-
-    logits: list[float]
-    usage: Usage
 
 
 class NimClient:
@@ -158,12 +138,13 @@ class NimClient:
             message = f"could not reach NIM at {where}: {connection_failure(exc)}"
             log.warning("%s", message)
             raise RerankError(ErrorCode.UNAVAILABLE, message, retryable=True) from None
-        payload = await _parse_json(answer)
-        if status != 200:
-            raise _error_from_response(
-                status, response_headers, payload, where, (*self._secrets, api_key)
-            )
-        return _parse_ranking(payload, len(passages), where)
+        if len(answer) > _PARSE_OFF_LOOP_BYTES:
+            payload = await asyncio.to_thread(loads, answer)
+        else:
+            payload = loads(answer)
+        return ranking_from(
+            status, response_headers, payload, len(passages), where, (*self._secrets, api_key)
+        )
 
     async def _exchange(
         self, destination: Destination, request: httpcore.Request, where: str, guarded: bool
@@ -252,124 +233,3 @@ def _too_large(where: str, limit: int) -> RerankError:
         ErrorCode.UNAVAILABLE,
         f"NIM at {where} sent an answer over {limit} bytes (RERANKER_MAX_UPSTREAM_BYTES)",
     )
-
-
-class _NotJson:
-    """An answer body that did not parse as JSON, kept as text for error messages."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-
-def _loads(content: bytes) -> object:
-    try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        # orjson refuses NaN and Infinity; the standard parser reads them, so the answer is
-        # refused for what it is (a non-finite logit), not as "not JSON".
-        try:
-            return json.loads(content)
-        except ValueError:
-            return _NotJson(content.decode("utf-8", "replace").strip())
-
-
-async def _parse_json(content: bytes) -> object:
-    if len(content) > _PARSE_OFF_LOOP_BYTES:
-        return await asyncio.to_thread(_loads, content)
-    return _loads(content)
-
-
-def _error_from_response(
-    status: int, headers: Headers, payload: object, where: str, secrets: Sequence[str | None]
-) -> RerankError:
-    # Scrubbed before it is cut short, so that no part of a secret survives the cut.
-    reason = HTTPStatus(status).phrase if status in _KNOWN_STATUSES else ""
-    detail = _clip(scrub(_detail_of(payload, reason), secrets))
-    return RerankError(
-        code_for_upstream_status(status),
-        f"NIM at {where} answered {status}: {detail}",
-        upstream_status=status,
-        retry_after_s=_retry_after(headers),
-        retryable=status in RETRYABLE_UPSTREAM_STATUSES,
-    )
-
-
-def _detail_of(payload: object, reason: str) -> str:
-    """NIM's own message: ``{"detail": "..."}``, ``{"detail": [{"msg": ...}]}``, or the text."""
-    if isinstance(payload, _NotJson):
-        return payload.text or reason or "no body"
-    if isinstance(payload, dict):
-        detail = payload.get("detail", payload.get("error", payload.get("message")))
-        if isinstance(detail, str):
-            return detail
-        if isinstance(detail, list):
-            return "; ".join(
-                str(item.get("msg", item)) if isinstance(item, dict) else str(item)
-                for item in detail[:20]
-            )
-        if isinstance(detail, dict):
-            return str(detail.get("msg", detail.get("message", detail)))
-    return json.dumps(payload)[: _MAX_DETAIL_CHARS * 4]
-
-
-def _retry_after(headers: Headers) -> float | None:
-    value = _header(headers, b"retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def _parse_ranking(payload: object, count: int, where: str) -> UpstreamRanking:
-    """The logits of a 200 answer. Messages name what is wrong and the type of what was
-    found, never its content: an upstream may echo anything, the request's key included."""
-
-    def broken(reason: str) -> RerankError:
-        return RerankError(
-            ErrorCode.UNAVAILABLE, f"NIM at {where} sent an invalid ranking: {reason}"
-        )
-
-    if isinstance(payload, _NotJson):
-        raise broken("the body is not JSON")
-    rankings = payload.get("rankings") if isinstance(payload, dict) else None
-    if not isinstance(rankings, list):
-        raise broken("no 'rankings' list")
-    if len(rankings) != count:
-        raise broken(f"{len(rankings)} rankings for {count} passages")
-    logits: list[float | None] = [None] * count
-    for entry in rankings:
-        if not isinstance(entry, dict):
-            raise broken("a ranking is not an object")
-        index, logit = entry.get("index"), entry.get("logit")
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise broken(f"an index is a {type(index).__name__}, not an integer")
-        if not 0 <= index < count:
-            raise broken(f"index {index} is out of range for {count} passages")
-        if logits[index] is not None:
-            raise broken(f"index {index} appears twice")
-        if not isinstance(logit, (int, float)) or isinstance(logit, bool):
-            raise broken(f"logit for index {index} is not a number")
-        if not math.isfinite(logit):
-            raise broken(f"logit for index {index} is not finite")
-        logits[index] = float(logit)
-    usage = _usage_of(payload) if isinstance(payload, dict) else Usage()
-    return UpstreamRanking([logit for logit in logits if logit is not None], usage)
-
-
-def _usage_of(payload: dict[str, Any]) -> Usage:
-    usage = payload.get("usage")
-    if not isinstance(usage, dict):
-        return Usage()
-    prompt = usage.get("prompt_tokens")
-    total = usage.get("total_tokens")
-    return Usage(
-        prompt if isinstance(prompt, int) else 0,
-        total if isinstance(total, int) else 0,
-    )
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_DETAIL_CHARS else text[:_MAX_DETAIL_CHARS] + "..."
