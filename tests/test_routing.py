@@ -9,6 +9,7 @@ import collections
 import pytest
 
 from reranker_nvidia.core.upstream.breaker import BreakerState, CircuitBreaker
+from reranker_nvidia.core.upstream.hedging import HedgeBudget
 from reranker_nvidia.core.upstream.routing import Attempt, EndpointState, Router
 from reranker_nvidia.core.upstream.table import EndpointSpec
 
@@ -175,9 +176,18 @@ def test_a_hedge_goes_to_another_endpoint_of_the_same_tier_or_nowhere() -> None:
         assert hedge is not None and hedge.endpoint is b
         hedge.release()
     assert b.hedges == 5 and b.calls == 5 and b.released == 5
+    budget = HedgeBudget(ratio=0.5, clock=CLOCK)
+    budget.record_first_call()
+    budget.record_first_call()
+    assert router.pick_hedge(M1, a, budget) is not None
+    assert router.pick_hedge(M1, a, budget) is None  # the budget is spent
+    assert (b.hedges, budget.allowed, budget.refused) == (6, 1, 1)
     b.breaker.force_open()
-    assert router.pick_hedge(M1, a) is None  # never a itself, never another tier
-    assert router.pick_hedge(M1, hosted) is None
+    budget.record_first_call()
+    budget.record_first_call()
+    assert router.pick_hedge(M1, a, budget) is None  # never a itself, never another tier
+    assert router.pick_hedge(M1, hosted, budget) is None
+    assert (budget.allowed, budget.refused) == (1, 1)  # no endpoint: the budget is not asked
 
 
 def test_fail_open_sends_to_the_endpoint_that_comes_back_first() -> None:
@@ -211,6 +221,9 @@ def test_an_attempt_counts_once_whatever_is_reported() -> None:
     _pick(router).record_success()  # no latency: a 4xx about the request, say
     assert a.latency.count == 1 and a.successes == 2
     assert repr(a) == "EndpointState(a, closed)"
+    described = a.describe()
+    assert (described["name"], described["state"], described["calls"]) == ("a", "closed", 2)
+    assert described["models"] is None and described["ready"] is None
 
 
 def test_a_router_needs_an_endpoint() -> None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from reranker_nvidia.core.upstream.breaker import BreakerState, CircuitBreaker, Permit
 from reranker_nvidia.core.upstream.hedging import LatencyTracker
+from reranker_nvidia.core.upstream.retry_budget import RatioBudget
 from reranker_nvidia.core.upstream.table import EndpointSpec
 
 # Round-robin credits stay within a few weights of 0; this only guards against a drift that
@@ -76,6 +77,29 @@ class EndpointState:
     @property
     def state(self) -> BreakerState:
         return self.breaker.state
+
+    def describe(self) -> dict[str, object]:
+        """What /meta and the health route show of the endpoint (never its key)."""
+        spec, breaker = self.spec, self.breaker
+        return {
+            "name": spec.name,
+            "url": spec.url,
+            "tier": spec.tier,
+            "weight": spec.weight,
+            "models": sorted(spec.models) if spec.models is not None else None,
+            "self_hosted": spec.self_hosted,
+            "state": breaker.state.value,
+            "reason": breaker.last_reason,
+            "held_by_readiness": breaker.held,
+            "ready": self.ready,
+            "outstanding": self.outstanding,
+            "calls": self.calls,
+            "successes": self.successes,
+            "failures": self.failures,
+            "retries": self.retries,
+            "hedges": self.hedges,
+            "hedges_won": self.hedges_won,
+        }
 
     def __repr__(self) -> str:
         return f"EndpointState({self.spec.name}, {self.breaker.state.value})"
@@ -186,11 +210,13 @@ class Router:
             return None
         return self._start(chosen, permit, retry=retry, hedge=False)
 
-    def pick_hedge(self, model: str, first: EndpointState) -> Attempt | None:
+    def pick_hedge(
+        self, model: str, first: EndpointState, budget: RatioBudget | None = None
+    ) -> Attempt | None:
         """An attempt for a hedge of a call on ``first``: another endpoint of its tier that is
-        up, or None."""
+        up, or None. ``budget`` (the hedge budget) is spent only when there is one."""
         chosen, _ = _round_robin(_members(self._tiers, first.spec.tier), model, first)
-        if chosen is None:
+        if chosen is None or (budget is not None and not budget.try_spend()):
             return None
         permit = chosen.breaker.try_acquire()
         if permit is None:
