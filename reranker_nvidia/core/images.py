@@ -76,8 +76,8 @@ _WHITESPACE = (" ", "\n", "\r", "\t", "\f", "\v")
 # The start of each format's magic number as base64: a document that starts with none of these
 # is not an image, whatever follows.
 _BLOB_PREFIXES = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR", "Qk", "SUkqAA", "TU0AKg")
-# Enough base64 to decode every format's full signature check (BMP's needs 18 bytes).
-_BLOB_HEAD_CHARS = 32
+# Enough base64 for every format's signature check (a PNG's needs 33 bytes, to the IHDR's end).
+_BLOB_HEAD_CHARS = 44
 # The sizes of the BMP info headers that exist (BITMAPCOREHEADER .. BITMAPV5HEADER, OS/2 2.x).
 _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 
@@ -148,8 +148,8 @@ class ImageBudget:
 def sniff(data: bytes) -> str | None:
     """The media type ``data``'s magic numbers say, or ``None`` for none the sidecar knows."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        # The IHDR chunk always comes first: a signature alone is not an image.
-        return PNG if data[12:16] == b"IHDR" else None
+        # The IHDR chunk (25 bytes) always comes first: a signature alone is not an image.
+        return PNG if data[12:16] == b"IHDR" and len(data) >= 33 else None
     if data.startswith(b"\xff\xd8\xff"):
         # SOI, then a marker: APPn, DQT, SOFn, DHT, COM and the like all lie in C0..FE.
         return JPEG if len(data) > 3 and 0xC0 <= data[3] <= 0xFE else None
@@ -173,7 +173,9 @@ class _NotAnImage(Exception):
     pass
 
 
-def parse_image(value: str | bytes, field: str, budget: ImageBudget) -> Image:
+def parse_image(
+    value: str | bytes | bytearray | memoryview, field: str, budget: ImageBudget
+) -> Image:
     """The image ``value`` holds: a data URL, bare base64, or raw bytes. Any refusal is a
     ``RerankError`` (INVALID_ARGUMENT) whose message starts with ``field``."""
     if isinstance(value, (bytes, bytearray, memoryview)):
