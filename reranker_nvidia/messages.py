@@ -91,6 +91,20 @@ def documents_to_proto(
     return texts, images
 
 
+def document_images_from_proto(request: pb.RankRequest) -> dict[int, bytes]:
+    """Server side: ``document_images`` by document position, each key checked to be one."""
+    images = request.document_images
+    if not images:
+        return {}
+    count = len(request.documents)
+    for index in images:
+        if index >= count:
+            raise invalid_argument(
+                f"document_images[{index}]: no such document ({count} documents)"
+            )
+    return dict(images)
+
+
 def _image_bytes(image: object, index: int) -> bytes:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)

@@ -14,7 +14,12 @@ import pytest
 import reranker_nvidia
 from reranker_nvidia.client import AsyncRerankerClient, RerankerClient
 from reranker_nvidia.errors import RerankError
-from reranker_nvidia.messages import documents_to_proto, hit_from_proto, hit_to_proto
+from reranker_nvidia.messages import (
+    document_images_from_proto,
+    documents_to_proto,
+    hit_from_proto,
+    hit_to_proto,
+)
 from reranker_nvidia.types import Document, Hit, ScoredDocument, SearchType
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from tests.image_samples import BLUE_SQUARE, RED_SQUARE, RED_SQUARE_B64
@@ -36,6 +41,15 @@ def test_documents_become_texts_and_images_by_position() -> None:
     assert texts == ["plain text", "", "A red square.", "", "text only", RED_URL]
     assert images == {1: RED_SQUARE, 2: RED_SQUARE, 3: BLUE_SQUARE}
     assert documents_to_proto(["a", "b"]) == (["a", "b"], {})
+
+
+def test_the_server_reads_images_only_of_documents_there_are() -> None:
+    request = pb.RankRequest(documents=["", "b"], document_images={0: RED_SQUARE})
+    assert document_images_from_proto(request) == {0: RED_SQUARE}
+    assert document_images_from_proto(pb.RankRequest(documents=["a"])) == {}
+    request.document_images[2] = BLUE_SQUARE
+    with pytest.raises(RerankError, match=re.escape("document_images[2]: no such document (2 ")):
+        document_images_from_proto(request)
 
 
 @pytest.mark.parametrize(

@@ -167,8 +167,9 @@ class RankRequest(_message.Message):
     def document_images(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
         """Images of documents, by position in documents: documents[i] is ranked by its text and
         document_images[i] together, or by the image alone when its text is "". The image's own
-        bytes: PNG or JPEG (WebP, GIF, BMP or TIFF where the model takes them), never a URL. Any
-        image needs a vision-language model, e.g. "nvidia/llama-nemotron-rerank-vl-1b-v2".
+        bytes: PNG or JPEG (WebP, GIF, BMP or TIFF where the model takes them), never a URL; at
+        most RERANKER_MAX_IMAGE_BYTES each and RERANKER_MAX_REQUEST_IMAGE_BYTES in all. Any image
+        needs a vision-language model, e.g. "nvidia/llama-nemotron-rerank-vl-1b-v2".
         """
 
     def __init__(
