@@ -1,8 +1,13 @@
 """Python clients for the sidecar's gRPC API, sync and async.
 
     with RerankerClient("localhost:50051") as client:
-        for doc in client.rank("which way?", ["turn left", "go north"]):
+        for doc in client.rank("which way?", ["turn left", "go north"]).documents:
             print(doc.score, doc.document)
+
+Documents with images (a vision-language model ranks them):
+
+    client.rank("a red square?", [Document("A red square.", png_bytes), png_bytes, "text"],
+                model="nvidia/llama-nemotron-rerank-vl-1b-v2")
 
 Failures raise ``RerankError`` with the server's code and message.
 """
@@ -11,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 from google.protobuf.message import Message
@@ -21,6 +26,7 @@ from reranker_nvidia.messages import (
     BASE_URL_METADATA,
     TOKEN_METADATA,
     dict_to_struct,
+    documents_to_proto,
     error_from_rpc,
     hit_to_proto,
     options_to_proto,
@@ -28,6 +34,7 @@ from reranker_nvidia.messages import (
 )
 from reranker_nvidia.types import (
     CallOptions,
+    Document,
     Hit,
     Meta,
     RankCall,
@@ -54,6 +61,15 @@ def _credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCred
 
 
 Metadata = tuple[tuple[str, str], ...]
+# What a rank call may hold: text, an image's bytes, or a Document (text, image or both).
+DocumentInput = str | bytes | Document
+
+
+class _Sent(NamedTuple):
+    """What a rank request carried, to show each scored document with."""
+
+    texts: list[str]
+    images: dict[int, bytes]
 
 
 def _check_call(call: Mapping[str, Any], shape: Any, required: Sequence[str] = ()) -> None:
@@ -90,17 +106,27 @@ class _Requests:
         return tuple(pairs)
 
     def rank(
-        self, query: str, documents: Sequence[str], call: RankCall
-    ) -> tuple[pb.RankRequest, Metadata]:
+        self, query: str, documents: Sequence[DocumentInput], call: RankCall
+    ) -> tuple[pb.RankRequest, Metadata, _Sent]:
         _check_call(call, RankCall)
+        texts, images = documents_to_proto(documents)
         request = pb.RankRequest(
-            query=query, documents=documents, options=_options(call), top_n=call.get("top_n")
+            query=query,
+            documents=texts,
+            options=_options(call),
+            top_n=call.get("top_n"),
+            document_images=images,
         )
-        return request, self.metadata(call.get("api_key"), call.get("base_url"))
+        metadata = self.metadata(call.get("api_key"), call.get("base_url"))
+        return request, metadata, _Sent(texts, images)
 
     @staticmethod
-    def ranked(response: pb.RankResponse, documents: Sequence[str]) -> RankedDocuments:
-        scored = [ScoredDocument(r.index, r.score, documents[r.index]) for r in response.results]
+    def ranked(response: pb.RankResponse, sent: _Sent) -> RankedDocuments:
+        texts, images = sent
+        scored = [
+            ScoredDocument(r.index, r.score, texts[r.index], images.get(r.index))
+            for r in response.results
+        ]
         return RankedDocuments(response.model, usage_from_proto(response.usage), scored)
 
     def rerank(self, hits: Sequence[Hit], call: RerankCall) -> tuple[pb.RerankRequest, Metadata]:
@@ -189,11 +215,17 @@ class RerankerClient(_Client):
     """
 
     def rank(
-        self, query: str, documents: Sequence[str], **call: Unpack[RankCall]
+        self, query: str, documents: Sequence[DocumentInput], **call: Unpack[RankCall]
     ) -> RankedDocuments:
-        """``documents`` best first, scored against ``query``; at most ``top_n``."""
-        request, metadata = self._requests.rank(query, documents, call)
-        return _Requests.ranked(self._invoke(self._stub.Rank, request, metadata), documents)
+        """``documents`` best first, scored against ``query``; at most ``top_n``.
+
+        A ``str`` is a document's text, always: one that happens to be a data URL
+        (``data:image/png;base64,...``) is ranked as text unless wrapped in ``Document``.
+        ``bytes`` are an image-only document; a ``Document`` carries text, an image (bytes
+        or a data URL) or both. Images need a vision-language model; the server checks them.
+        """
+        request, metadata, sent = self._requests.rank(query, documents, call)
+        return _Requests.ranked(self._invoke(self._stub.Rank, request, metadata), sent)
 
     def rerank(self, hits: Sequence[Hit], **call: Unpack[RerankCall]) -> RerankedHits:
         """``hits`` reordered by their ``properties`` against ``query``."""
@@ -224,11 +256,12 @@ class AsyncRerankerClient(_Client):
     _channels = grpc.aio
 
     async def rank(
-        self, query: str, documents: Sequence[str], **call: Unpack[RankCall]
+        self, query: str, documents: Sequence[DocumentInput], **call: Unpack[RankCall]
     ) -> RankedDocuments:
-        request, metadata = self._requests.rank(query, documents, call)
+        """As ``RerankerClient.rank``: ``str`` is text, ``bytes`` an image, ``Document`` both."""
+        request, metadata, sent = self._requests.rank(query, documents, call)
         response = await self._invoke(self._stub.Rank, request, metadata)
-        return _Requests.ranked(response, documents)
+        return _Requests.ranked(response, sent)
 
     async def rerank(self, hits: Sequence[Hit], **call: Unpack[RerankCall]) -> RerankedHits:
         request, metadata = self._requests.rerank(hits, call)

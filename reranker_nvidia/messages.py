@@ -7,6 +7,8 @@ reverse, so both sides agree on every field by construction.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,7 +16,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
-from reranker_nvidia.types import TRUNCATE_VALUES, Hit, SearchType, Usage
+from reranker_nvidia.types import TRUNCATE_VALUES, Document, Hit, SearchType, Usage
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 
 API_KEY_METADATA = "x-nvidia-api-key"
@@ -60,9 +62,73 @@ def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
     return message
 
 
+def documents_to_proto(
+    documents: Sequence[str | bytes | Document],
+) -> tuple[list[str], dict[int, bytes]]:
+    """Client side: ``RankRequest.documents`` and ``.document_images`` for ``documents``.
+
+    A ``str`` is text, even one that looks like a data URL; ``bytes`` are an image-only
+    document; a ``Document`` is text, an image, or both. An image given as a data URL is sent
+    as its bytes; the server checks what they are.
+    """
+    texts: list[str] = []
+    images: dict[int, bytes] = {}
+    for index, document in enumerate(documents):
+        if isinstance(document, str):
+            texts.append(document)
+        elif isinstance(document, Document):
+            texts.append(document.text)
+            if document.image is not None:
+                images[index] = _image_bytes(document.image, index)
+        elif isinstance(document, (bytes, bytearray, memoryview)):
+            texts.append("")
+            images[index] = bytes(document)
+        else:
+            raise TypeError(
+                f"documents[{index}]: expected str, bytes or Document, "
+                f"got {type(document).__name__}"
+            )
+    return texts, images
+
+
+def document_images_from_proto(request: pb.RankRequest) -> dict[int, bytes]:
+    """Server side: ``document_images`` by document position, each key checked to be one."""
+    images = request.document_images
+    if not images:
+        return {}
+    count = len(request.documents)
+    for index in images:
+        if index >= count:
+            raise invalid_argument(
+                f"document_images[{index}]: no such document ({count} documents)"
+            )
+    return dict(images)
+
+
+def _image_bytes(image: object, index: int) -> bytes:
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    if not isinstance(image, str):
+        raise TypeError(
+            f"documents[{index}].image: expected bytes or a data URL, got {type(image).__name__}"
+        )
+    header, comma, payload = image.partition(",")
+    header = header.strip().lower()
+    if not comma or not header.startswith("data:") or not header.endswith(";base64"):
+        raise invalid_argument(
+            f"documents[{index}].image: not a data URL; send the image's bytes or "
+            "data:image/png;base64,..."
+        )
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_argument(f"documents[{index}].image: not valid base64") from None
+
+
 def hit_from_proto(message: pb.Hit, properties: Sequence[str] | None = None) -> Hit:
     """The hit, with only the named ``properties`` converted when they are given: those are
-    all the core reads, and a hit may carry many more."""
+    all the core reads, and a hit may carry many more. ``binary_properties`` join the others
+    as ``bytes``."""
     if properties is None:
         converted = struct_to_dict(message.properties)
     else:
@@ -73,6 +139,8 @@ def hit_from_proto(message: pb.Hit, properties: Sequence[str] | None = None) -> 
             converted = {name: _value(value) for name, value in fields.items() if name in wanted}
         else:
             converted = {name: _value(fields[name]) for name in properties if name in fields}
+    if message.binary_properties:
+        _add_binary(converted, message, properties)
     return Hit(
         id=message.id,
         properties=converted,
@@ -95,13 +163,36 @@ def _value(message: struct_pb2.Value) -> Any:
     return None if kind in (None, "null_value") else struct_to_dict(message.struct_value)
 
 
+def _add_binary(
+    converted: dict[str, Any], message: pb.Hit, properties: Sequence[str] | None
+) -> None:
+    fields = message.properties.fields
+    for name, value in message.binary_properties.items():
+        if name in fields:
+            raise invalid_argument(
+                f"hit {message.id!r}: property {name!r} is in both properties and binary_properties"
+            )
+        if properties is None or name in properties:
+            converted[name] = value
+
+
 def hit_to_proto(hit: Hit) -> pb.Hit:
+    """Client side: ``bytes`` properties go into ``binary_properties`` (a Struct holds none)."""
+    properties = hit.properties
+    binary = {
+        name: bytes(value)
+        for name, value in properties.items()
+        if isinstance(value, (bytes, bytearray, memoryview))
+    }
+    if binary:
+        properties = {name: value for name, value in properties.items() if name not in binary}
     return pb.Hit(
         id=hit.id,
-        properties=dict_to_struct(hit.properties),
+        properties=dict_to_struct(properties),
         score=hit.score,
         distance=hit.distance,
         search_type=_SEARCH_TYPE_TO_PROTO[hit.search_type],
+        binary_properties=binary,
     )
 
 

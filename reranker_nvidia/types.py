@@ -18,6 +18,7 @@ __all__ = [
     "TRUNCATE_VALUES",
     "Answer",
     "CallOptions",
+    "Document",
     "Hit",
     "Meta",
     "RankCall",
@@ -68,8 +69,25 @@ class SearchType(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Document:
+    """A document of a ``rank`` call that carries an image: text, an image, or both.
+
+    ``image`` is the image itself: its bytes (PNG or JPEG; WebP, GIF, BMP or TIFF where the
+    model takes them) or a data URL (``data:image/png;base64,...``), never a URL to fetch.
+    Ranking an image takes a vision-language model (``nvidia/llama-nemotron-rerank-vl-1b-v2``).
+    """
+
+    text: str = ""
+    image: bytes | str | None = None
+
+
+@dataclass(frozen=True)
 class Hit:
-    """One search result as the search produced it; the reranker never alters these fields."""
+    """One search result as the search produced it; the reranker never alters these fields.
+
+    ``properties`` may hold ``bytes`` (e.g. a Weaviate ``blob``): an image there is ranked by
+    its pixels when a rerank property names it and the model takes images.
+    """
 
     id: str
     properties: Mapping[str, Any] = field(default_factory=dict)
@@ -124,11 +142,13 @@ class RankedDocuments(Answer):
 
 @dataclass(frozen=True)
 class ScoredDocument:
-    """A document of a ``rank`` call: its position in the call, its score, its text."""
+    """A document of a ``rank`` call: its position in the call, its score, its text ("" for
+    an image only) and its image's bytes, if it had one."""
 
     index: int
     score: float
     document: str
+    image: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)reranker_nvidia/v1/reranker_service.proto\x12\x12reranker_nvidia.v1\x1a\x1cgoogle/protobuf/struct.proto\"^\n\x0bRankOptions\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\x12.\n\x08truncate\x18\x03 \x01(\x0e\x32\x1c.reranker_nvidia.v1.Truncate\"4\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\x03\"\x7f\n\x0bRankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\x30\n\x07options\x18\x03 \x01(\x0b\x32\x1f.reranker_nvidia.v1.RankOptions\x12\x12\n\x05top_n\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_top_n\".\n\x0eRankedDocument\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x01\"|\n\x0cRankResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".reranker_nvidia.v1.RankedDocument\x12\r\n\x05model\x18\x02 \x01(\t\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x19.reranker_nvidia.v1.Usage\"\xb5\x01\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\nproperties\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\x05score\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x64istance\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x33\n\x0bsearch_type\x18\x05 \x01(\x0e\x32\x1e.reranker_nvidia.v1.SearchTypeB\x08\n\x06_scoreB\x0b\n\t_distance\"\xd9\x01\n\rRerankRequest\x12%\n\x04hits\x18\x01 \x03(\x0b\x32\x17.reranker_nvidia.v1.Hit\x12\x12\n\nproperties\x18\x02 \x03(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12\x12\n\x05top_n\x18\x04 \x01(\rH\x00\x88\x01\x01\x12.\n\rmodule_config\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x07options\x18\x06 \x01(\x0b\x32\x1f.reranker_nvidia.v1.RankOptionsB\x08\n\x06_top_n\"z\n\x0bRerankedHit\x12$\n\x03hit\x18\x01 \x01(\x0b\x32\x17.reranker_nvidia.v1.Hit\x12\x19\n\x11original_position\x18\x02 \x01(\r\x12\x19\n\x0crerank_score\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_rerank_score\"x\n\x0eRerankResponse\x12-\n\x04hits\x18\x01 \x03(\x0b\x32\x1f.reranker_nvidia.v1.RerankedHit\x12\r\n\x05model\x18\x02 \x01(\t\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x19.reranker_nvidia.v1.Usage\"\x10\n\x0eGetMetaRequest\"\xb8\x01\n\x0fGetMetaResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12\x1d\n\x15max_passages_per_call\x18\x06 \x01(\r\x12\x15\n\rmax_documents\x18\x07 \x01(\r\x12\x1d\n\x15server_key_configured\x18\x08 \x01(\x08*I\n\x08Truncate\x12\x18\n\x14TRUNCATE_UNSPECIFIED\x10\x00\x12\x11\n\rTRUNCATE_NONE\x10\x01\x12\x10\n\x0cTRUNCATE_END\x10\x02*r\n\nSearchType\x12\x1b\n\x17SEARCH_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12SEARCH_TYPE_VECTOR\x10\x01\x12\x17\n\x13SEARCH_TYPE_KEYWORD\x10\x02\x12\x16\n\x12SEARCH_TYPE_HYBRID\x10\x03\x32\x81\x02\n\x0fRerankerService\x12I\n\x04Rank\x12\x1f.reranker_nvidia.v1.RankRequest\x1a .reranker_nvidia.v1.RankResponse\x12O\n\x06Rerank\x12!.reranker_nvidia.v1.RerankRequest\x1a\".reranker_nvidia.v1.RerankResponse\x12R\n\x07GetMeta\x12\".reranker_nvidia.v1.GetMetaRequest\x1a#.reranker_nvidia.v1.GetMetaResponseBWZUgithub.com/reranker-nvidia/reranker-nvidia/gen/go/reranker_nvidia/v1;rerankernvidiav1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)reranker_nvidia/v1/reranker_service.proto\x12\x12reranker_nvidia.v1\x1a\x1cgoogle/protobuf/struct.proto\"^\n\x0bRankOptions\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\x12.\n\x08truncate\x18\x03 \x01(\x0e\x32\x1c.reranker_nvidia.v1.Truncate\"4\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\x03\"\x84\x02\n\x0bRankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\x30\n\x07options\x18\x03 \x01(\x0b\x32\x1f.reranker_nvidia.v1.RankOptions\x12\x12\n\x05top_n\x18\x04 \x01(\rH\x00\x88\x01\x01\x12L\n\x0f\x64ocument_images\x18\x05 \x03(\x0b\x32\x33.reranker_nvidia.v1.RankRequest.DocumentImagesEntry\x1a\x35\n\x13\x44ocumentImagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x08\n\x06_top_n\".\n\x0eRankedDocument\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x01\"|\n\x0cRankResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".reranker_nvidia.v1.RankedDocument\x12\r\n\x05model\x18\x02 \x01(\t\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x19.reranker_nvidia.v1.Usage\"\xb8\x02\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\nproperties\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\x05score\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x64istance\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x33\n\x0bsearch_type\x18\x05 \x01(\x0e\x32\x1e.reranker_nvidia.v1.SearchType\x12H\n\x11\x62inary_properties\x18\x06 \x03(\x0b\x32-.reranker_nvidia.v1.Hit.BinaryPropertiesEntry\x1a\x37\n\x15\x42inaryPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x08\n\x06_scoreB\x0b\n\t_distance\"\xd9\x01\n\rRerankRequest\x12%\n\x04hits\x18\x01 \x03(\x0b\x32\x17.reranker_nvidia.v1.Hit\x12\x12\n\nproperties\x18\x02 \x03(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12\x12\n\x05top_n\x18\x04 \x01(\rH\x00\x88\x01\x01\x12.\n\rmodule_config\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x07options\x18\x06 \x01(\x0b\x32\x1f.reranker_nvidia.v1.RankOptionsB\x08\n\x06_top_n\"z\n\x0bRerankedHit\x12$\n\x03hit\x18\x01 \x01(\x0b\x32\x17.reranker_nvidia.v1.Hit\x12\x19\n\x11original_position\x18\x02 \x01(\r\x12\x19\n\x0crerank_score\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_rerank_score\"x\n\x0eRerankResponse\x12-\n\x04hits\x18\x01 \x03(\x0b\x32\x1f.reranker_nvidia.v1.RerankedHit\x12\r\n\x05model\x18\x02 \x01(\t\x12(\n\x05usage\x18\x03 \x01(\x0b\x32\x19.reranker_nvidia.v1.Usage\"\x10\n\x0eGetMetaRequest\"\xb8\x01\n\x0fGetMetaResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12\x1d\n\x15max_passages_per_call\x18\x06 \x01(\r\x12\x15\n\rmax_documents\x18\x07 \x01(\r\x12\x1d\n\x15server_key_configured\x18\x08 \x01(\x08*I\n\x08Truncate\x12\x18\n\x14TRUNCATE_UNSPECIFIED\x10\x00\x12\x11\n\rTRUNCATE_NONE\x10\x01\x12\x10\n\x0cTRUNCATE_END\x10\x02*r\n\nSearchType\x12\x1b\n\x17SEARCH_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12SEARCH_TYPE_VECTOR\x10\x01\x12\x17\n\x13SEARCH_TYPE_KEYWORD\x10\x02\x12\x16\n\x12SEARCH_TYPE_HYBRID\x10\x03\x32\x81\x02\n\x0fRerankerService\x12I\n\x04Rank\x12\x1f.reranker_nvidia.v1.RankRequest\x1a .reranker_nvidia.v1.RankResponse\x12O\n\x06Rerank\x12!.reranker_nvidia.v1.RerankRequest\x1a\".reranker_nvidia.v1.RerankResponse\x12R\n\x07GetMeta\x12\".reranker_nvidia.v1.GetMetaRequest\x1a#.reranker_nvidia.v1.GetMetaResponseBWZUgithub.com/reranker-nvidia/reranker-nvidia/gen/go/reranker_nvidia/v1;rerankernvidiav1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +33,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reranker_nvidia.v1.reranker
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZUgithub.com/reranker-nvidia/reranker-nvidia/gen/go/reranker_nvidia/v1;rerankernvidiav1'
-  _globals['_TRUNCATE']._serialized_start=1403
-  _globals['_TRUNCATE']._serialized_end=1476
-  _globals['_SEARCHTYPE']._serialized_start=1478
-  _globals['_SEARCHTYPE']._serialized_end=1592
+  _globals['_RANKREQUEST_DOCUMENTIMAGESENTRY']._loaded_options = None
+  _globals['_RANKREQUEST_DOCUMENTIMAGESENTRY']._serialized_options = b'8\001'
+  _globals['_HIT_BINARYPROPERTIESENTRY']._loaded_options = None
+  _globals['_HIT_BINARYPROPERTIESENTRY']._serialized_options = b'8\001'
+  _globals['_TRUNCATE']._serialized_start=1668
+  _globals['_TRUNCATE']._serialized_end=1741
+  _globals['_SEARCHTYPE']._serialized_start=1743
+  _globals['_SEARCHTYPE']._serialized_end=1857
   _globals['_RANKOPTIONS']._serialized_start=95
   _globals['_RANKOPTIONS']._serialized_end=189
   _globals['_USAGE']._serialized_start=191
   _globals['_USAGE']._serialized_end=243
-  _globals['_RANKREQUEST']._serialized_start=245
-  _globals['_RANKREQUEST']._serialized_end=372
-  _globals['_RANKEDDOCUMENT']._serialized_start=374
-  _globals['_RANKEDDOCUMENT']._serialized_end=420
-  _globals['_RANKRESPONSE']._serialized_start=422
-  _globals['_RANKRESPONSE']._serialized_end=546
-  _globals['_HIT']._serialized_start=549
-  _globals['_HIT']._serialized_end=730
-  _globals['_RERANKREQUEST']._serialized_start=733
-  _globals['_RERANKREQUEST']._serialized_end=950
-  _globals['_RERANKEDHIT']._serialized_start=952
-  _globals['_RERANKEDHIT']._serialized_end=1074
-  _globals['_RERANKRESPONSE']._serialized_start=1076
-  _globals['_RERANKRESPONSE']._serialized_end=1196
-  _globals['_GETMETAREQUEST']._serialized_start=1198
-  _globals['_GETMETAREQUEST']._serialized_end=1214
-  _globals['_GETMETARESPONSE']._serialized_start=1217
-  _globals['_GETMETARESPONSE']._serialized_end=1401
-  _globals['_RERANKERSERVICE']._serialized_start=1595
-  _globals['_RERANKERSERVICE']._serialized_end=1852
+  _globals['_RANKREQUEST']._serialized_start=246
+  _globals['_RANKREQUEST']._serialized_end=506
+  _globals['_RANKREQUEST_DOCUMENTIMAGESENTRY']._serialized_start=443
+  _globals['_RANKREQUEST_DOCUMENTIMAGESENTRY']._serialized_end=496
+  _globals['_RANKEDDOCUMENT']._serialized_start=508
+  _globals['_RANKEDDOCUMENT']._serialized_end=554
+  _globals['_RANKRESPONSE']._serialized_start=556
+  _globals['_RANKRESPONSE']._serialized_end=680
+  _globals['_HIT']._serialized_start=683
+  _globals['_HIT']._serialized_end=995
+  _globals['_HIT_BINARYPROPERTIESENTRY']._serialized_start=917
+  _globals['_HIT_BINARYPROPERTIESENTRY']._serialized_end=972
+  _globals['_RERANKREQUEST']._serialized_start=998
+  _globals['_RERANKREQUEST']._serialized_end=1215
+  _globals['_RERANKEDHIT']._serialized_start=1217
+  _globals['_RERANKEDHIT']._serialized_end=1339
+  _globals['_RERANKRESPONSE']._serialized_start=1341
+  _globals['_RERANKRESPONSE']._serialized_end=1461
+  _globals['_GETMETAREQUEST']._serialized_start=1463
+  _globals['_GETMETAREQUEST']._serialized_end=1479
+  _globals['_GETMETARESPONSE']._serialized_start=1482
+  _globals['_GETMETARESPONSE']._serialized_end=1666
+  _globals['_RERANKERSERVICE']._serialized_start=1860
+  _globals['_RERANKERSERVICE']._serialized_end=2117
 # @@protoc_insertion_point(module_scope)

@@ -129,17 +129,49 @@ class RankRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class DocumentImagesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     QUERY_FIELD_NUMBER: _builtins.int
     DOCUMENTS_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     TOP_N_FIELD_NUMBER: _builtins.int
+    DOCUMENT_IMAGES_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     top_n: _builtins.int
     """Return only the best top_n results. Unset: all of them."""
     @_builtins.property
-    def documents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def documents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The documents' texts; "" for a document that is an image only."""
+
     @_builtins.property
     def options(self) -> Global___RankOptions: ...
+    @_builtins.property
+    def document_images(self) -> _containers.ScalarMap[_builtins.int, _builtins.bytes]:
+        """Images of documents, by position in documents: documents[i] is ranked by its text and
+        document_images[i] together, or by the image alone when its text is "". The image's own
+        bytes: PNG or JPEG (WebP, GIF, BMP or TIFF where the model takes them), never a URL; at
+        most RERANKER_MAX_IMAGE_BYTES each and RERANKER_MAX_REQUEST_IMAGE_BYTES in all. Any image
+        needs a vision-language model, e.g. "nvidia/llama-nemotron-rerank-vl-1b-v2".
+        """
+
     def __init__(
         self,
         *,
@@ -147,10 +179,11 @@ class RankRequest(_message.Message):
         documents: _abc.Iterable[_builtins.str] | None = ...,
         options: Global___RankOptions | None = ...,
         top_n: _builtins.int | None = ...,
+        document_images: _abc.Mapping[_builtins.int, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_top_n", b"_top_n", "options", b"options", "top_n", b"top_n"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_n", b"_top_n", "documents", b"documents", "options", b"options", "query", b"query", "top_n", b"top_n"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_n", b"_top_n", "document_images", b"document_images", "documents", b"documents", "options", b"options", "query", b"query", "top_n", b"top_n"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__top_n: _TypeAlias = _typing.Literal["top_n"]  # noqa: Y015
     _WhichOneofArgType__top_n: _TypeAlias = _typing.Literal["_top_n", b"_top_n"]  # noqa: Y015
@@ -222,11 +255,32 @@ class Hit(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class BinaryPropertiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     PROPERTIES_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     DISTANCE_FIELD_NUMBER: _builtins.int
     SEARCH_TYPE_FIELD_NUMBER: _builtins.int
+    BINARY_PROPERTIES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     score: _builtins.float
     """The search's own score (bm25, hybrid), when it produced one."""
@@ -237,6 +291,13 @@ class Hit(_message.Message):
     def properties(self) -> _struct_pb2.Struct:
         """The hit's properties; string and string-array properties can be reranked by."""
 
+    @_builtins.property
+    def binary_properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
+        """Properties that hold bytes, which properties cannot (e.g. a Weaviate blob). An image here
+        is ranked by its pixels when a rerank property names it and the model takes images. A name
+        is in properties or in binary_properties, not both.
+        """
+
     def __init__(
         self,
         *,
@@ -245,10 +306,11 @@ class Hit(_message.Message):
         score: _builtins.float | None = ...,
         distance: _builtins.float | None = ...,
         search_type: Global___SearchType.ValueType = ...,
+        binary_properties: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_distance", b"_distance", "_score", b"_score", "distance", b"distance", "properties", b"properties", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_distance", b"_distance", "_score", b"_score", "distance", b"distance", "id", b"id", "properties", b"properties", "score", b"score", "search_type", b"search_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_distance", b"_distance", "_score", b"_score", "binary_properties", b"binary_properties", "distance", b"distance", "id", b"id", "properties", b"properties", "score", b"score", "search_type", b"search_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__distance: _TypeAlias = _typing.Literal["distance"]  # noqa: Y015
     _WhichOneofArgType__distance: _TypeAlias = _typing.Literal["_distance", b"_distance"]  # noqa: Y015
