@@ -79,9 +79,12 @@ class Server:
     """A TCP server on loopback (TLS with ``tls``) that runs ``handler`` on each connection
     and counts connections: in all, open now, and the most open at once."""
 
-    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, handler: Handler, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.handler = handler
         self.tls = tls
+        self.host = host
         self.connections = 0
         self.open_now = 0
         self.peak = 0
@@ -92,10 +95,10 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     async def __aenter__(self) -> Server:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.tls)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self
 
@@ -325,7 +328,7 @@ async def test_calls_the_nim_emulator(emulator: Emulator) -> None:
     assert b"detail" in refused.body
 
 
-async def test_sends_one_write_per_request_with_the_head_it_was_given() -> None:
+async def test_sends_the_caller_s_head_and_reads_the_answer() -> None:
     async with (
         Server(answering(answer(b'{"ok": true}', b"X-Answer: yes"))) as server,
         client() as http,
@@ -339,6 +342,23 @@ async def test_sends_one_write_per_request_with_the_head_it_was_given() -> None:
         b"Accept: application/json\r\nContent-Type: application/json\r\n"
         b"Content-Length: 6\r\n\r\n" % server.port
     ]
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_calls_an_ipv6_address() -> None:
+    async with Server(answering(answer(b"six")), host="::1") as server, client() as http:
+        response = await post(http, f"http://[::1]:{server.port}/v1")
+    assert response.body == b"six"
+    assert server.heads[0].startswith(b"POST /v1 HTTP/1.1\r\nHost: [::1]:%d\r\n" % server.port)
 
 
 async def test_sequential_calls_share_one_connection() -> None:
@@ -403,6 +423,7 @@ async def test_reads_a_chunked_answer() -> None:
         first = await post(http, server.url)
         second = await post(http, server.url)
     assert first.body == second.body == b"hello, world"
+    assert first.headers == [(b"transfer-encoding", b"chunked")]
     assert server.connections == 1
 
 
@@ -689,6 +710,31 @@ async def test_a_call_cancelled_while_waiting_for_a_slot_leaves_the_slots_whole(
     assert good.connections == 1
 
 
+async def test_a_call_cancelled_as_it_is_handed_a_slot_passes_the_slot_on() -> None:
+    waiting: asyncio.Future[Any] | None = None
+    async with (
+        Server(answering(answer(), delay_s=0.02)) as server,
+        client(max_connections=1) as http,
+    ):
+
+        async def first_then_cancel_the_next() -> None:
+            await http.request(server.url, headers=[], body=b"", max_body_bytes=10)
+            # The slot was just handed to the waiting call, which has not run yet.
+            assert waiting is not None
+            waiting.cancel()
+
+        first = asyncio.ensure_future(first_then_cancel_the_next())
+        await eventually(lambda: len(server.heads) == 1)
+        waiting = asyncio.ensure_future(
+            http.request(server.url, headers=[], body=b"", max_body_bytes=10)
+        )
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (await post(http, server.url)).status == 200
+    assert len(server.heads) == 2
+
+
 async def test_a_call_cancelled_while_connecting_leaves_no_task_or_connection() -> None:
     started = asyncio.Event()
 
@@ -707,18 +753,34 @@ async def test_a_call_cancelled_while_connecting_leaves_no_task_or_connection() 
         await expect_no_other_tasks()
 
 
-async def test_closing_the_client_ends_calls_in_flight() -> None:
+async def test_closing_the_client_ends_every_call() -> None:
+    connecting = asyncio.Event()
+
+    async def slow(host: str, port: int) -> str:
+        connecting.set()
+        await asyncio.Event().wait()
+        raise AssertionError
+
     async with Server(silent()) as server:
         http = HttpClient(
             max_connections=2, connect_timeout_s=5, ssl_context=client_tls(), proxies={}
         )
-        call = asyncio.ensure_future(post(http, server.url))
+        answering = asyncio.ensure_future(post(http, server.url))
         await eventually(lambda: len(server.heads) == 1)
+        opening = asyncio.ensure_future(post(http, server.url, address_of=slow))
+        await connecting.wait()
+        waiting = asyncio.ensure_future(
+            http.request(server.url, headers=[], body=b"", max_body_bytes=10)
+        )
+        await asyncio.sleep(0)  # it runs up to its wait for a slot
         await http.aclose()
-        with pytest.raises(RemoteProtocolError):
-            await call
+        for call, moment in [(answering, "during"), (opening, "connected"), (waiting, "waited")]:
+            with pytest.raises(ClientClosed, match=f"closed (while the call )?{moment}"):
+                await call
         with pytest.raises(ClientClosed):
             await post(http, server.url)
+        assert http.open_connections == 0
+    await expect_no_other_tasks()
 
 
 # TLS.
@@ -899,7 +961,7 @@ def test_invalid_urls(url: str, reason: str) -> None:
 # The same tests on uvloop.
 
 ON_UVLOOP: list[Callable[[], Coroutine[Any, Any, None]]] = [
-    test_sends_one_write_per_request_with_the_head_it_was_given,
+    test_sends_the_caller_s_head_and_reads_the_answer,
     test_sequential_calls_share_one_connection,
     test_concurrent_calls_never_open_more_connections_than_allowed,
     test_guarded_and_trusted_calls_never_share_a_connection,
@@ -923,8 +985,9 @@ ON_UVLOOP: list[Callable[[], Coroutine[Any, Any, None]]] = [
     test_connecting_is_bounded_by_the_connect_timeout,
     test_a_cancelled_call_closes_its_connection_and_frees_its_slot,
     test_a_call_cancelled_while_waiting_for_a_slot_leaves_the_slots_whole,
+    test_a_call_cancelled_as_it_is_handed_a_slot_passes_the_slot_on,
     test_a_call_cancelled_while_connecting_leaves_no_task_or_connection,
-    test_closing_the_client_ends_calls_in_flight,
+    test_closing_the_client_ends_every_call,
     test_tls_checks_the_name_while_dialling_the_checked_address,
     test_tls_refuses_a_certificate_for_another_name,
     test_an_http_url_goes_to_the_proxy_in_absolute_form,

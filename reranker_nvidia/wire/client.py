@@ -249,8 +249,12 @@ class ClientConnection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.close()
 
-    def abort(self) -> None:
-        """Closes the connection at once, dropping whatever is unsent or unread."""
+    def abort(self, error: HttpClientError | None = None) -> None:
+        """Closes the connection at once, dropping whatever is unsent or unread; a request in
+        flight fails with ``error`` (by default, with what the closed connection means)."""
+        if error is not None and self._waiter is not None:
+            self._fail(error)
+            return
         self._dead = True
         transport = self.transport
         if transport is not None and not transport.is_closing():
@@ -312,6 +316,8 @@ class ClientConnection(asyncio.Protocol):
         self._chunks = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done:
+            return  # a chunked body's trailer: nothing this client uses
         name = name.lower()
         if name == b"content-length" and not self._no_body:
             try:

@@ -157,6 +157,8 @@ class HttpClient:
         else:
             await self._wait_for_slot()
         try:
+            if self._closed:
+                raise ClientClosed("the HTTP client was closed while the call waited")
             connection = self._take_idle(key)
             reused = connection is not None
             while True:
@@ -188,7 +190,7 @@ class HttpClient:
             self._release_slot()
 
     async def aclose(self) -> None:
-        """Closes every connection; calls still in flight fail with a ``ReadError``."""
+        """Closes every connection; calls in flight fail with ``ClientClosed``."""
         self._closed = True
         if self._sweep is not None:
             self._sweep.cancel()
@@ -199,8 +201,9 @@ class HttpClient:
         connections = list(self._open)
         self._open.clear()
         self._idle.clear()
+        closed = ClientClosed("the HTTP client was closed during the call")
         for connection in connections:
-            connection.abort()
+            connection.abort(closed)
         pending: list[asyncio.Future[Any]] = [*opening]
         pending += [c.closed for c in connections if c.transport is not None]
         if pending:
@@ -346,6 +349,9 @@ class HttpClient:
                 f"connecting to {plan.target.host_header.decode()} took longer than "
                 f"{self._connect_timeout_s:.3g} s"
             )
+        if opening.cancelled():  # by aclose(): the caller itself was not cancelled
+            self._drop(connection)
+            raise ClientClosed("the HTTP client was closed while the call connected")
         try:
             opening.result()
         except BaseException:
@@ -421,6 +427,13 @@ class HttpClient:
             )
         except OSError as exc:
             raise ConnectError(f"could not connect to {where} through a tunnel ({exc})") from exc
+        except TypeError as exc:
+            # Python 3.10's own loop cannot start TLS on a TLS connection (3.11's and uvloop
+            # can): a TLS proxy tunnels https:// URLs only there.
+            raise ProxyError(
+                f"TLS to {where} inside the TLS connection to the proxy {proxy.where} needs "
+                "Python 3.11 or uvloop"
+            ) from exc
         connection.restart(cast(asyncio.Transport, tls))
 
 
