@@ -339,6 +339,7 @@ async def _replica_run(
     replica_env = {**env, "RERANKER_BASE_URL": emulator_url}
     if store_url is not None:
         replica_env["RERANKER_CACHE_URL"] = store_url
+        replica_env["RERANKER_CACHE_SECRET"] = "bench-replicas-share-this-secret-0123"
     with contextlib.ExitStack() as stack:
         started = [
             stack.enter_context(running(SERVE, replica_env, SIDECAR_READY)) for _ in range(3)
@@ -375,11 +376,11 @@ async def core_cache_hit(emulator_url: str, requests: int) -> float:
     ranker = core.ranker
     documents = [passage() for _ in range(100)]
     try:
-        await ranker.rank("cached query", documents)
+        await ranker.rank("cached query", documents, surface="grpc")
         times = []
         for _ in range(requests):
             start = time.perf_counter()
-            await ranker.rank("cached query", documents)
+            await ranker.rank("cached query", documents, surface="grpc")
             times.append((time.perf_counter() - start) * 1000)
     finally:
         await core.aclose()

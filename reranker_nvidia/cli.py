@@ -116,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from reranker_nvidia.core.upstream.table import EndpointTableError
     from reranker_nvidia.server.asgi import raise_file_limit
+    from reranker_nvidia.server.assembly import build_core
     from reranker_nvidia.server.sidecar import SidecarServer
 
     raise_file_limit()
@@ -135,9 +137,14 @@ def _serve(args: argparse.Namespace) -> int:
         for problem in error.errors():
             print(f"reranker-nvidia: {_settings_problem(problem, overrides)}", file=sys.stderr)
         return 2
-    flush_logs = logs.configure(settings.log_level, settings.log_format, settings.secret_values())
     try:
-        _run(SidecarServer(settings).serve_until_signalled())
+        core = build_core(settings)
+    except EndpointTableError as error:
+        print(f"reranker-nvidia: {error}", file=sys.stderr)
+        return 2
+    flush_logs = logs.configure(settings.log_level, settings.log_format, core.secrets)
+    try:
+        _run(SidecarServer(settings, core).serve_until_signalled())
     except StartupError as error:
         flush_logs()
         print(f"reranker-nvidia: {error}", file=sys.stderr)
@@ -147,7 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-_SECRET_FIELDS = frozenset({"api_key", "auth_token"})
+_SECRET_FIELDS = frozenset({"api_key", "auth_token", "cache_url", "cache_password", "cache_secret"})
 
 
 def _settings_problem(problem: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:

@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from reranker_nvidia.core.model_ids import check_model_id
+from reranker_nvidia.core.score_scale import ScoreScales
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.nim_schema import NIM_MAX_PASSAGES, NimTruncate
 
@@ -52,6 +53,10 @@ class Settings(BaseSettings):
     max_text_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_upstream_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    # Bounds on every HTTP request before any work is done on it (wire/limits.py).
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_url_bytes: int = Field(default=8 * 1024, ge=256)
+    max_buffered_body_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
     header_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
     keep_alive_timeout_s: float = Field(default=5.0, gt=0)
@@ -73,6 +78,23 @@ class Settings(BaseSettings):
     cache_ttl_s: float = Field(default=3600.0, gt=0)
     cache_scope: Literal["verified", "key", "shared"] = "verified"
     coalesce_window_ms: float = Field(default=3.0, ge=0)
+    # Images (core/images.py): decoded bytes per image and per request; which models take them.
+    max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    max_request_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    vl_models: Annotated[tuple[str, ...], NoDecode] = ()
+    detect_image_blobs: bool = True
+    score_scale: Annotated[ScoreScales, NoDecode] = ScoreScales()
+    # Several NIM endpoints (core/upstream/): the table, the retry and hedge budgets, the
+    # breaker, readiness polling, and answering in input order when every endpoint failed.
+    endpoints_file: Path | None = None
+    retry_budget: float = Field(default=0.2, ge=0, le=10)
+    retry_budget_min_per_s: float = Field(default=3.0, ge=0)
+    hedge_percentile: float | None = Field(default=None, gt=0, lt=100)
+    hedge_budget: float = Field(default=0.1, ge=0, le=1)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_open_s: float = Field(default=5.0, gt=0)
+    health_interval_s: float = Field(default=5.0, gt=0)
+    fail_open: bool = False
     # Several replicas: the pair cache and NIM budget in Redis or Valkey.
     cache_url: SecretStr | None = None
     cache_password: SecretStr | None = None
@@ -143,7 +165,17 @@ class Settings(BaseSettings):
     def _models_are_normalised(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_model_id(model) for model in value)
 
-    @field_validator("allowed_base_urls", "models", mode="before")
+    @field_validator("score_scale", mode="before")
+    @classmethod
+    def _parse_score_scale(cls, value: object) -> object:
+        return ScoreScales.parse(value) if isinstance(value, str) else value
+
+    @field_validator("vl_models")
+    @classmethod
+    def _vl_models_are_model_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_model_id(model) for model in value)
+
+    @field_validator("allowed_base_urls", "models", "vl_models", mode="before")
     @classmethod
     def _split_urls(cls, value: object) -> object:
         if isinstance(value, str):
@@ -177,6 +209,12 @@ class Settings(BaseSettings):
                 f"{MIN_CACHE_SECRET_CHARS} characters, e.g. `openssl rand -hex 32`), so that "
                 "nothing another program writes there can pass for a score or a verified key"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _endpoints_file_exists(self) -> Settings:
+        if self.endpoints_file is not None and not self.endpoints_file.is_file():
+            raise ValueError(f"RERANKER_ENDPOINTS_FILE {self.endpoints_file} does not exist")
         return self
 
     @model_validator(mode="after")

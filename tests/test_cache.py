@@ -151,9 +151,11 @@ async def test_no_usable_key_is_refused_before_the_cache_is_read() -> None:
         target = ranker.resolve(RankOptions(api_key=REQUEST_KEY))
         keys = ranker.pair_keys(target, QUERY, ["a"], ranker.digests.key(REQUEST_KEY))
         ranker.cache.put_many(keys, [1.0], target.endpoints[0].tag)
-        assert (await ranker.rank(QUERY, ["a"], RankOptions(api_key=REQUEST_KEY))).scores == [1.0]
+        assert (
+            await ranker.rank(QUERY, ["a"], RankOptions(api_key=REQUEST_KEY), surface="grpc")
+        ).scores == [1.0]
         with pytest.raises(RerankError) as raised:
-            await ranker.rank(QUERY, ["a"])
+            await ranker.rank(QUERY, ["a"], surface="grpc")
         assert raised.value.code is ErrorCode.UNAUTHENTICATED
         assert ranker.cache.hits == 1
     finally:

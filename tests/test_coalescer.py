@@ -10,14 +10,15 @@ from dataclasses import dataclass, field
 import pytest
 
 from reranker_nvidia.core.coalescer import SIBLING_WAIT_WINDOWS, Coalescer
-from reranker_nvidia.core.targets import Endpoint, Target
+from reranker_nvidia.core.passages import Passage
+from reranker_nvidia.core.targets import Endpoint, Route, Target
 from reranker_nvidia.core.upstream.answers import UpstreamRanking
 from reranker_nvidia.errors import ErrorCode, RerankError
 from reranker_nvidia.types import Usage
 
 WINDOW = 1.0
 ENDPOINT = Endpoint("http://nim/v1/ranking", "nim", b"tag", None, guarded=False)
-TARGET = Target("m", None, "route", (ENDPOINT,), "key-a")
+TARGET = Target("m", None, Route("route", (ENDPOINT,)), "key-a")
 
 
 @dataclass
@@ -65,12 +66,13 @@ class Upstream:
     failure: RerankError | None = None
 
     async def send(
-        self, target: Target, query: str, passages: Sequence[str], deadline: float
+        self, target: Target, query: str, passages: Sequence[Passage], deadline: float
     ) -> UpstreamRanking:
-        self.calls.append(list(passages))
+        texts = [str(passage) for passage in passages]
+        self.calls.append(texts)
         if self.failure is not None:
             raise self.failure
-        return UpstreamRanking([float(len(p)) for p in passages], Usage(10, 10))
+        return UpstreamRanking([float(len(p)) for p in texts], Usage(10, 10))
 
 
 async def settle() -> None:
@@ -139,7 +141,7 @@ async def test_requests_for_the_same_query_share_one_call_and_get_their_own_scor
 async def test_different_queries_or_keys_never_share() -> None:
     upstream, scheduler = Upstream(), FakeScheduler()
     coalescer = make(upstream, scheduler)
-    other_key = Target(TARGET.model, None, TARGET.route, TARGET.endpoints, "key-b")
+    other_key = Target(TARGET.model, None, TARGET.route, "key-b")
     with coalescer.possible_joiner(), coalescer.possible_joiner(), coalescer.possible_joiner():
         tasks = [
             score(coalescer, ["a"]),
@@ -156,11 +158,12 @@ async def test_a_pair_already_on_its_way_is_not_sent_again() -> None:
     release = asyncio.Event()
 
     async def slow(
-        target: Target, query: str, passages: Sequence[str], deadline: float
+        target: Target, query: str, passages: Sequence[Passage], deadline: float
     ) -> UpstreamRanking:
-        upstream.calls.append(list(passages))
+        texts = [str(passage) for passage in passages]
+        upstream.calls.append(texts)
         await release.wait()
-        return UpstreamRanking([float(len(p)) for p in passages], Usage())
+        return UpstreamRanking([float(len(p)) for p in texts], Usage())
 
     coalescer = Coalescer(slow, max_passages=512, window_s=WINDOW, scheduler=scheduler)
     with coalescer.possible_joiner():

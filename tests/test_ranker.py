@@ -52,7 +52,7 @@ async def test_chunking_keeps_every_score_at_its_document(
 ) -> None:
     documents = corpus(count)
     emulator.state.delay_s = 0.02
-    ranking = await make_ranker(upstream_concurrency=4).rank(QUERY, documents)
+    ranking = await make_ranker(upstream_concurrency=4).rank(QUERY, documents, surface="grpc")
 
     assert ranking.scores == pytest.approx(expected_scores(QUERY, documents))
     calls = emulator.state.calls
@@ -66,7 +66,7 @@ async def test_chunking_keeps_every_score_at_its_document(
 
 async def test_usage_is_summed_over_chunks(make_ranker: RankerFactory) -> None:
     documents = [f"alpha beta {i}" if i % 2 else f"gamma {i}" for i in range(600)]
-    ranking = await make_ranker(max_passages_per_call=100).rank("alpha", documents)
+    ranking = await make_ranker(max_passages_per_call=100).rank("alpha", documents, surface="grpc")
     pair_tokens = sum(1 + len(terms(document)) for document in documents)
     assert ranking.usage.prompt_tokens == pair_tokens
     assert ranking.usage.total_tokens == pair_tokens
@@ -75,9 +75,9 @@ async def test_usage_is_summed_over_chunks(make_ranker: RankerFactory) -> None:
 async def test_order_is_best_first_and_ties_keep_input_order(make_ranker: RankerFactory) -> None:
     documents = ["nothing here", "order of passages", "also nothing", "order"]
     ranker = make_ranker()
-    ranking = await ranker.rank("order passages", documents)
+    ranking = await ranker.rank("order passages", documents, surface="grpc")
     assert ranking.order() == [1, 3, 0, 2]
-    top = await ranker.rank("order passages", documents, top_n=1)
+    top = await ranker.rank("order passages", documents, top_n=1, surface="grpc")
     assert top.order() == [1]
     assert top.scores == ranking.scores
 
@@ -86,12 +86,12 @@ async def test_request_key_wins_over_server_key_at_the_upstream(
     make_ranker: RankerFactory, emulator: Emulator
 ) -> None:
     ranker = make_ranker()
-    await ranker.rank(QUERY, ["a"], RankOptions(api_key=REQUEST_KEY))
-    await ranker.rank(QUERY, ["a"])
-    await ranker.rank(QUERY, ["a"], RankOptions(api_key="  "))
+    await ranker.rank(QUERY, ["a"], RankOptions(api_key=REQUEST_KEY), surface="grpc")
+    await ranker.rank(QUERY, ["a"], surface="grpc")
+    await ranker.rank(QUERY, ["a"], RankOptions(api_key="  "), surface="grpc")
     placeholders = ["**********", "NO_API_KEY_PROVIDED", "None", "null", ""]
     for placeholder in placeholders:
-        await ranker.rank(QUERY, ["a"], RankOptions(api_key=placeholder))
+        await ranker.rank(QUERY, ["a"], RankOptions(api_key=placeholder), surface="grpc")
     assert [call.authorization for call in emulator.state.calls] == [
         f"Bearer {REQUEST_KEY}",
         f"Bearer {SERVER_KEY}",
@@ -105,7 +105,9 @@ async def test_no_key_for_the_hosted_endpoint_names_both_places_and_calls_nothin
 ) -> None:
     ranker = make_ranker(api_key=None)
     with pytest.raises(RerankError) as raised:
-        await ranker.rank(QUERY, ["a"], RankOptions(base_url="https://ai.api.nvidia.com"))
+        await ranker.rank(
+            QUERY, ["a"], RankOptions(base_url="https://ai.api.nvidia.com"), surface="grpc"
+        )
     assert raised.value.code is ErrorCode.UNAUTHENTICATED
     assert raised.value.message == NO_KEY_MESSAGE
     assert "X-Nvidia-Api-Key" in NO_KEY_MESSAGE and "NVIDIA_APIKEY" in NO_KEY_MESSAGE
@@ -115,7 +117,7 @@ async def test_no_key_for_the_hosted_endpoint_names_both_places_and_calls_nothin
 async def test_self_hosted_without_any_key_sends_no_authorization(
     make_ranker: RankerFactory, emulator: Emulator
 ) -> None:
-    ranking = await make_ranker(api_key=None).rank(QUERY, ["a passage"])
+    ranking = await make_ranker(api_key=None).rank(QUERY, ["a passage"], surface="grpc")
     assert len(ranking.scores) == 1
     assert emulator.state.calls[0].authorization is None
 
@@ -125,7 +127,7 @@ async def test_upstream_key_rejection_is_permission_denied(
 ) -> None:
     emulator.state.api_key = "nvapi-the-right-one"
     with pytest.raises(RerankError) as raised:
-        await make_ranker().rank(QUERY, ["a"])
+        await make_ranker().rank(QUERY, ["a"], surface="grpc")
     assert raised.value.code is ErrorCode.PERMISSION_DENIED
     assert raised.value.upstream_status == 401
     assert "Authentication failed" in raised.value.message
@@ -177,7 +179,7 @@ async def test_upstream_errors_carry_nims_detail(
 ) -> None:
     emulator.state.faults.append(fault)
     with pytest.raises(RerankError) as raised:
-        await make_ranker().rank(QUERY, ["a"])
+        await make_ranker().rank(QUERY, ["a"], surface="grpc")
     assert raised.value.code is code
     assert http_status(raised.value) == status
     assert says in raised.value.message
@@ -202,7 +204,7 @@ async def test_invalid_upstream_rankings_are_unavailable(
 ) -> None:
     emulator.state.faults.append(Fault(200, body))
     with pytest.raises(RerankError) as raised:
-        await make_ranker().rank(QUERY, ["a", "b"])
+        await make_ranker().rank(QUERY, ["a", "b"], surface="grpc")
     assert raised.value.code is ErrorCode.UNAVAILABLE
     assert http_status(raised.value) == 502
     assert reason in raised.value.message
@@ -220,7 +222,7 @@ async def test_non_finite_or_non_json_answers_are_unavailable(
 ) -> None:
     emulator.state.faults.append(Fault(200, raw=raw))
     with pytest.raises(RerankError) as raised:
-        await make_ranker().rank(QUERY, ["a"])
+        await make_ranker().rank(QUERY, ["a"], surface="grpc")
     assert raised.value.code is ErrorCode.UNAVAILABLE
     assert reason in raised.value.message
 
@@ -230,7 +232,7 @@ async def test_one_failing_chunk_fails_the_request(
 ) -> None:
     emulator.state.faults.append(Fault(500, {"detail": "chunk failed"}))
     with pytest.raises(RerankError, match="chunk failed"):
-        await make_ranker().rank(QUERY, corpus(1500))
+        await make_ranker().rank(QUERY, corpus(1500), surface="grpc")
 
 
 async def test_unreachable_upstream_is_unavailable(make_ranker: RankerFactory) -> None:
@@ -239,7 +241,7 @@ async def test_unreachable_upstream_is_unavailable(make_ranker: RankerFactory) -
         closed_port = probe.getsockname()[1]
     ranker = make_ranker(base_url=f"http://127.0.0.1:{closed_port}")
     with pytest.raises(RerankError) as raised:
-        await ranker.rank(QUERY, ["a"])
+        await ranker.rank(QUERY, ["a"], surface="grpc")
     assert raised.value.code is ErrorCode.UNAVAILABLE
     assert f"127.0.0.1:{closed_port}/v1/ranking" in raised.value.message
 
@@ -249,7 +251,7 @@ async def test_slow_upstream_is_deadline_exceeded(
 ) -> None:
     emulator.state.faults.append(Fault(200, {"rankings": []}, delay_s=2.0))
     with pytest.raises(RerankError) as raised:
-        await make_ranker(upstream_timeout_s=0.2).rank(QUERY, ["a"])
+        await make_ranker(upstream_timeout_s=0.2).rank(QUERY, ["a"], surface="grpc")
     assert raised.value.code is ErrorCode.DEADLINE_EXCEEDED
     assert "within 0.2 s" in raised.value.message
 
@@ -272,7 +274,7 @@ async def test_bad_input_is_invalid_argument_before_any_upstream_call(
     says: str,
 ) -> None:
     with pytest.raises(RerankError) as raised:
-        await make_ranker(max_documents=10).rank(query, documents, options)
+        await make_ranker(max_documents=10).rank(query, documents, options, surface="grpc")
     assert raised.value.code is ErrorCode.INVALID_ARGUMENT
     assert says in raised.value.message
     assert emulator.state.calls == []
@@ -283,12 +285,15 @@ async def test_truncate_and_model_reach_the_upstream(
 ) -> None:
     long_passage = "word " * 600
     with pytest.raises(RerankError) as raised:
-        await make_ranker().rank("word", [long_passage])
+        await make_ranker().rank("word", [long_passage], surface="grpc")
     assert raised.value.code is ErrorCode.INVALID_ARGUMENT
     assert "exceeds maximum allowed token size" in raised.value.message
 
     ranking = await make_ranker(truncate="END").rank(
-        "word", [long_passage], RankOptions(model="nvidia/llama-3_2-nv-rerankqa-1b-v2")
+        "word",
+        [long_passage],
+        RankOptions(model="nvidia/llama-3_2-nv-rerankqa-1b-v2"),
+        surface="grpc",
     )
     assert len(ranking.scores) == 1
     assert ranking.model == "nvidia/llama-3.2-nv-rerankqa-1b-v2"
@@ -303,7 +308,7 @@ async def test_keys_never_reach_logs_or_error_messages(
     emulator.state.faults.append(Fault(403, {"detail": f"key {REQUEST_KEY} is not allowed"}))
     ranker = make_ranker()
     with pytest.raises(RerankError) as raised:
-        await ranker.rank(QUERY, ["a"], RankOptions(api_key=REQUEST_KEY))
+        await ranker.rank(QUERY, ["a"], RankOptions(api_key=REQUEST_KEY), surface="grpc")
     assert REQUEST_KEY not in raised.value.message
     assert "***" in raised.value.message
     assert SERVER_KEY not in repr(sidecar_settings(emulator.url))

@@ -6,7 +6,8 @@
   close together (Weaviate sends chunks of 32 in parallel) go out as one call of up to
   ``max_passages`` passages, and each caller gets back exactly its own scores.
 
-A batch goes out when it is full, when its window has passed, or as soon as no request in
+A batch goes out when it is full (``max_passages``, or ``max_image_bytes`` of images), when its
+window has passed, or as soon as no request in
 flight could still join it (every one is already waiting on a batch), after one turn of the
 event loop so that requests that arrived together can join. A lone request thus waits one
 loop turn, never the window. A request may say that siblings are on their way (a Weaviate
@@ -25,11 +26,12 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from reranker_nvidia.core.passages import ImagePassage, Passage
 from reranker_nvidia.core.targets import Target
 from reranker_nvidia.core.upstream.answers import UpstreamRanking
 from reranker_nvidia.types import Usage
 
-Send = Callable[[Target, str, Sequence[str], float], Awaitable[UpstreamRanking]]
+Send = Callable[[Target, str, Sequence[Passage], float], Awaitable[UpstreamRanking]]
 # A batch waiting for announced siblings never waits longer than this many windows.
 SIBLING_WAIT_WINDOWS = 4
 # Requests share a call only when all of these are the same: the caller's key, the route,
@@ -60,7 +62,8 @@ class _Batch:
     opened_at: float
     result: asyncio.Future[UpstreamRanking]
     keys: list[bytes] = field(default_factory=list)
-    passages: list[str] = field(default_factory=list)
+    passages: list[Passage] = field(default_factory=list)
+    image_bytes: int = 0
     waiters: int = 0
     expecting: bool = False
     """Every member so far said siblings are on their way."""
@@ -75,7 +78,7 @@ class _Ask:
 
     target: Target
     query: str
-    passages: Sequence[str]
+    passages: Sequence[Passage]
     keys: Sequence[bytes]
     deadline: float
     siblings_expected: bool
@@ -103,11 +106,13 @@ class Coalescer:
         *,
         max_passages: int,
         window_s: float,
+        max_image_bytes: int = 32 * 1024 * 1024,
         scheduler: Scheduler | None = None,
     ) -> None:
         """``send`` makes one upstream call; ``scheduler`` defaults to the running loop."""
         self._send = send
         self._max_passages = max_passages
+        self._max_image_bytes = max_image_bytes
         self._window_s = window_s
         self._given_scheduler = scheduler
         self._open: dict[Group, _Batch] = {}
@@ -136,7 +141,7 @@ class Coalescer:
         self,
         target: Target,
         query: str,
-        passages: Sequence[str],
+        passages: Sequence[Passage],
         keys: Sequence[bytes],
         deadline: float,
         *,
@@ -166,7 +171,7 @@ class Coalescer:
         target = ask.target
         group: Group = (
             target.request_key,
-            target.route,
+            target.route.id,
             target.model,
             target.truncate,
             ask.query,
@@ -190,7 +195,12 @@ class Coalescer:
             self._pending[(target.request_key, key)] = (batch, index)
             placement.own[batch] = placement.own.get(batch, 0) + 1
             placement.places.append((batch, index))
-            if len(batch.passages) >= self._max_passages:
+            if passage.__class__ is ImagePassage:
+                batch.image_bytes += len(passage.image.data)
+            if (
+                len(batch.passages) >= self._max_passages
+                or batch.image_bytes >= self._max_image_bytes
+            ):
                 self._dispatch(batch)
         return placement
 

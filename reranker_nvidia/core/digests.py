@@ -52,18 +52,13 @@ class Digests:
             person=b"text",
         ).digest()
 
-    def pairs(self, prefix: bytes, texts: Sequence[str]) -> list[bytes]:
-        """One name per (``prefix``, text) pair: the pair cache's keys for one request."""
+    def pairs(self, prefix: bytes, items: Sequence[bytes]) -> list[bytes]:
+        """One name per (``prefix``, item) pair: the pair cache's keys for one request."""
         secret = self._secret
         blake2b = hashlib.blake2b
         return [
-            blake2b(
-                prefix + text.encode("utf-8", "surrogatepass"),
-                digest_size=DIGEST_BYTES,
-                key=secret,
-                person=b"pair",
-            ).digest()
-            for text in texts
+            blake2b(prefix + item, digest_size=DIGEST_BYTES, key=secret, person=b"pair").digest()
+            for item in items
         ]
 
     def tag(self, identity: str) -> bytes:

@@ -89,6 +89,7 @@ async def rerank_hits(
         query,
         [texts[position] for position in ranked_positions],
         options.over(collection),
+        surface="grpc",
         budget_s=budget_s,
     )
     scored = [

@@ -6,11 +6,16 @@ at scrape time rather than counted twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from reranker_nvidia.core.upstream.retry_budget import RatioBudget
+    from reranker_nvidia.core.upstream.routing import EndpointState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (
@@ -54,6 +59,54 @@ class _Readings(Collector):
         }
         for name, help_text in gauges.items():
             yield GaugeMetricFamily(name, help_text, value=values[name])
+
+
+class _EndpointReadings(Collector):
+    def __init__(
+        self, endpoints: Sequence[EndpointState], budgets: Mapping[str, RatioBudget]
+    ) -> None:
+        self._endpoints = endpoints
+        self._budgets = budgets
+
+    def collect(self) -> Iterator[Metric]:
+        counters = {
+            "calls": "Calls to the endpoint (retries and hedges included).",
+            "failures": "Calls that counted against the endpoint (unreachable, slow, 5xx, 429, "
+            "an invalid answer).",
+            "retries": "Calls to the endpoint that were retries.",
+            "hedges": "Calls to the endpoint that were hedges.",
+            "hedges_won": "Hedges to the endpoint that answered first.",
+        }
+        for name, help_text in counters.items():
+            family = CounterMetricFamily(
+                f"reranker_endpoint_{name}", help_text, labels=["endpoint"]
+            )
+            for endpoint in self._endpoints:
+                family.add_metric([endpoint.name], getattr(endpoint, name))
+            yield family
+        state = GaugeMetricFamily(
+            "reranker_endpoint_state",
+            "The endpoint's breaker: 0 closed (up), 1 half-open (probing), 2 open (down).",
+            labels=["endpoint"],
+        )
+        outstanding = GaugeMetricFamily(
+            "reranker_endpoint_outstanding", "Calls in flight to the endpoint.", labels=["endpoint"]
+        )
+        for endpoint in self._endpoints:
+            state.add_metric([endpoint.name], endpoint.state.gauge)
+            outstanding.add_metric([endpoint.name], endpoint.outstanding)
+        yield state
+        yield outstanding
+        for name, budget in self._budgets.items():
+            family = CounterMetricFamily(
+                f"reranker_{name}",
+                f"{name.capitalize()} the budget let go, or refused (RERANKER_"
+                f"{name.rstrip('s').upper()}_BUDGET).",
+                labels=["outcome"],
+            )
+            family.add_metric(["allowed"], budget.allowed)
+            family.add_metric(["refused"], budget.refused)
+            yield family
 
 
 class Metrics:
@@ -122,6 +175,20 @@ class Metrics:
             "Upstream calls that waited for room in the NIM budget.",
             registry=self.registry,
         )
+        self.endpoint_seconds = Histogram(
+            "reranker_endpoint_duration_seconds",
+            "Time of one call to NIM, by endpoint (its name in the table; caller-chosen for "
+            "a base URL a request named).",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "reranker_fallbacks",
+            "Requests answered in input order because NIM failed (RERANKER_FAIL_OPEN), by surface.",
+            ["surface"],
+            registry=self.registry,
+        )
         self.budget_refusals = Counter(
             "reranker_budget_refusals",
             "Upstream calls refused: no room in the NIM budget before their deadline.",
@@ -130,6 +197,13 @@ class Metrics:
 
     def read_at_scrape(self, read: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_Readings(read))
+
+    def watch_endpoints(
+        self, endpoints: Sequence[EndpointState], budgets: Mapping[str, RatioBudget]
+    ) -> None:
+        """Export each configured endpoint's counters and state, and the retry and hedge
+        budgets' decisions, read at scrape time."""
+        self.registry.register(_EndpointReadings(endpoints, budgets))
 
     def observe_request(self, surface: str, status: str, seconds: float) -> None:
         self.requests.labels(surface, status).inc()

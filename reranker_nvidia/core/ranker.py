@@ -4,29 +4,49 @@ and get the rest from NIM through the coalescer.
 Every surface (gRPC, each HTTP contract) calls ``Ranker``; none of them resolves keys or
 URLs, validates limits, chunks, or talks to NIM itself. The parts it uses are built by the
 composition root (``reranker_nvidia.server``) and handed in.
+
+With ``RERANKER_FAIL_OPEN`` on, a request whose endpoints all failed, or whose budget is
+nearly spent, is answered in its documents' input order (the search engine's own) instead of
+an error, marked ``fallback`` so each surface can say so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
 from reranker_nvidia.core.admission import Admission
+from reranker_nvidia.core.catalog import Catalog
 from reranker_nvidia.core.coalescer import Coalescer
 from reranker_nvidia.core.digests import Digests
+from reranker_nvidia.core.images import ImageBudget, ImageLimits, check_model_takes, detect_blob
+from reranker_nvidia.core.metrics import Metrics
+from reranker_nvidia.core.passages import ImagePassage, Passage, cache_bytes
 from reranker_nvidia.core.redaction import scrub
 from reranker_nvidia.core.request_context import request_secrets
 from reranker_nvidia.core.score_cache import ScoreCache
+from reranker_nvidia.core.score_scale import ScoreScales, Surface, scaled
 from reranker_nvidia.core.shared_cache import Grant, SharedScores
 from reranker_nvidia.core.targets import RankOptions, Target, TargetResolver
 from reranker_nvidia.core.verified_keys import VerifiedKeys
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.types import Usage
 
+log = logging.getLogger("reranker_nvidia.ranker")
+
 CacheScope = Literal["verified", "key", "shared"]
+# Failures that mean NIM could not rank now, which fail-open answers in input order; a bad
+# request, a refused key or a model NIM does not have stay errors.
+_OUTAGES = frozenset(
+    {ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE_EXCEEDED, ErrorCode.RESOURCE_EXHAUSTED}
+)
+# Fail-open answers this long before the request's budget ends: a tenth of it, 1 s at most.
+_FAIL_OPEN_MARGIN = 0.1
+_FAIL_OPEN_MARGIN_MAX_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -37,16 +57,20 @@ class RequestLimits:
     max_properties: int
     max_text_bytes: int
     request_timeout_s: float
+    images: ImageLimits = field(default_factory=ImageLimits)
 
 
 @dataclass(frozen=True)
 class Ranking:
-    """Scores for the documents of one request, in the documents' input order."""
+    """Scores for the documents of one request, in the documents' input order, on the
+    surface's score scale."""
 
     scores: list[float]
     model: str
     usage: Usage = field(default_factory=Usage)
     top_n: int | None = None
+    fallback: bool = False
+    """Not ranked: NIM failed and fail-open answered in input order (scores descending)."""
 
     def order(self) -> list[int]:
         """Document indices best first, at most ``top_n``; ties keep input order."""
@@ -64,53 +88,68 @@ class Ranker:
     coalescer: Coalescer
     admission: Admission
     digests: Digests
+    metrics: Metrics
     shared: SharedScores | None = None
     """The second cache level, in the store replicas share (``RERANKER_CACHE_URL``)."""
     secrets: tuple[str, ...] = field(default=(), repr=False)
     """The server's key, the caller token, the store's password: masked in every error."""
+    catalog: Catalog = field(default_factory=Catalog)
+    score_scales: ScoreScales = field(default_factory=ScoreScales)
+    detect_image_blobs: bool = True
+    fail_open: bool = False
 
     def resolve(self, options: RankOptions) -> Target:
         """Where a request with ``options`` would go, and with which key."""
         return self.targets.resolve(options)
 
+    def image_budget(self) -> ImageBudget:
+        """What one request's images may take (``RERANKER_MAX_*IMAGE_BYTES``)."""
+        return self.limits.images.budget()
+
     async def rank(
         self,
         query: str,
-        documents: Sequence[str],
+        documents: Sequence[Passage],
         options: RankOptions = RankOptions(),
         *,
+        surface: Surface,
         top_n: int | None = None,
         budget_s: float | None = None,
         siblings_expected: bool = False,
+        blobs: bool = False,
+        images: ImageBudget | None = None,
     ) -> Ranking:
-        """One score per document, in input order; chunks above the per-call passage limit.
+        """One score per document, in input order, on ``surface``'s scale; chunks above the
+        per-call passage limit.
 
         ``top_n`` limits ``Ranking.order()``; every document is still scored. The request
         takes at most ``RERANKER_REQUEST_TIMEOUT_S``, or ``budget_s`` if the caller has less.
         ``siblings_expected``: more requests for the same query are on their way, so the
-        upstream call may wait the coalescing window for them.
+        upstream call may wait the coalescing window for them. ``blobs``: a text document that
+        is wholly the base64 of an image is that image, when the model takes images (Weaviate
+        sends a ``blob`` property so); ``images`` is the request's image budget so far.
         """
         self.check_request(query, documents)
         check_top_n(top_n)
         target = self.targets.resolve(options)
+        documents = self._with_images(target.model, documents, blobs, images)
         budget = self.limits.request_timeout_s
         if budget_s is not None:
             budget = min(budget, max(budget_s, 0.0))
         secrets = request_secrets.set((target.request_key,))
+        deadline = time.monotonic() + budget
+        work = budget
+        if self.fail_open:
+            work -= min(budget * _FAIL_OPEN_MARGIN, _FAIL_OPEN_MARGIN_MAX_S)
         try:
             async with self.admission.admit():
-                return await asyncio.wait_for(
-                    self._rank(
-                        target,
-                        query,
-                        documents,
-                        top_n,
-                        time.monotonic() + budget,
-                        siblings_expected,
-                    ),
-                    budget,
+                ranking = await asyncio.wait_for(
+                    self._rank(target, query, documents, top_n, deadline, siblings_expected),
+                    work,
                 )
         except asyncio.TimeoutError:
+            if self.fail_open:
+                return self._passthrough(target, len(documents), top_n, surface, "its budget")
             raise RerankError(
                 ErrorCode.DEADLINE_EXCEEDED,
                 f"the request did not finish within its budget of {budget:.3g} s",
@@ -118,22 +157,67 @@ class Ranker:
         except RerankError as error:
             # Whatever an upstream echoed, no secret this request knows leaves in it.
             error.message = scrub(error.message, (*self.secrets, target.request_key))
+            if self.fail_open and error.code in _OUTAGES and not error.rate_limited:
+                return self._passthrough(target, len(documents), top_n, surface, error.message)
             raise
         finally:
             request_secrets.reset(secrets)
+        scale = self.score_scales.of(surface)
+        if scale == "logit":
+            return ranking
+        return Ranking(scaled(scale, ranking.scores), ranking.model, ranking.usage, top_n)
 
-    def check_request(self, query: str, documents: Sequence[str]) -> None:
+    def _passthrough(
+        self, target: Target, count: int, top_n: int | None, surface: Surface, why: str
+    ) -> Ranking:
+        """The documents in their input order, with strictly descending scores."""
+        self.metrics.fallbacks.labels(surface).inc()
+        log.warning("answered in input order (RERANKER_FAIL_OPEN): NIM failed: %s", why)
+        scores = scaled(self.score_scales.of(surface), [-float(i) for i in range(count)])
+        return Ranking(scores, target.model, Usage(), top_n, fallback=True)
+
+    def _with_images(
+        self,
+        model: str,
+        documents: Sequence[Passage],
+        blobs: bool,
+        images: ImageBudget | None,
+    ) -> Sequence[Passage]:
+        """``documents`` with each Weaviate blob as the image it is (when the model takes
+        images and detection is on), every image checked against what the model takes."""
+        takes_images = self.catalog.takes_images(model)
+        if blobs and self.detect_image_blobs and takes_images:
+            budget = images if images is not None else self.image_budget()
+            found: list[Passage] | None = None
+            for index, document in enumerate(documents):
+                if document.__class__ is not str:
+                    continue
+                image = detect_blob(document, f"documents[{index}]", budget)
+                if image is not None:
+                    if found is None:
+                        found = list(documents)
+                    found[index] = ImagePassage("", image)
+            if found is not None:
+                documents = found
+        for index, document in enumerate(documents):
+            if document.__class__ is ImagePassage:
+                image = document.image
+                check_model_takes(image, model, f"documents[{index}].image", self.catalog)
+        return documents
+
+    def check_request(self, query: str, documents: Sequence[Passage]) -> None:
         if not query.strip():
             raise invalid_argument("query must not be empty")
         limits = self.limits
         check_count("documents", len(documents), limits.max_documents, "RERANKER_MAX_DOCUMENTS")
         text_bytes = _utf8_size("query", query)
         for index, document in enumerate(documents):
+            text = document if isinstance(document, str) else document.text
             # The field name is only spelled out for the rare text that is not ASCII.
-            if document.isascii():
-                text_bytes += len(document)
+            if text.isascii():
+                text_bytes += len(text)
             else:
-                text_bytes += _utf8_size(f"documents[{index}]", document)
+                text_bytes += _utf8_size(f"documents[{index}]", text)
         limit = limits.max_text_bytes
         if text_bytes > limit:
             raise invalid_argument(
@@ -142,20 +226,24 @@ class Ranker:
             )
 
     def pair_keys(
-        self, target: Target, query: str, documents: Sequence[str], request_key_id: bytes
+        self, target: Target, query: str, documents: Sequence[Passage], request_key_id: bytes
     ) -> list[bytes]:
         """The cache's name of each (query, document) pair of a request for ``target``."""
         owner = request_key_id.hex() if self.cache_scope == "key" else ""
         prefix = self.digests.text(
-            f"{target.route}\x00{target.model}\x00{target.truncate or ''}\x00{owner}\x00{query}"
+            f"{target.route.id}\x00{target.model}\x00{target.truncate or ''}\x00{owner}\x00{query}"
         )
-        return self.digests.pairs(prefix, documents)
+        if all(document.__class__ is str for document in documents):
+            items = [cast(str, d).encode("utf-8", "surrogatepass") for d in documents]
+        else:
+            items = [cache_bytes(document) for document in documents]
+        return self.digests.pairs(prefix, items)
 
     async def _rank(
         self,
         target: Target,
         query: str,
-        documents: Sequence[str],
+        documents: Sequence[Passage],
         top_n: int | None,
         deadline: float,
         siblings_expected: bool = False,

@@ -21,10 +21,10 @@ import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import SplitResult, urlsplit
 
-import httpcore
 import httpx
 
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
+from reranker_nvidia.wire import InvalidURL, Target
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -65,14 +65,19 @@ def parse_base_url(url: str) -> SplitResult:
     host = parts.hostname
     if not host:
         raise malformed("has no host")
-    if not host.isascii():
-        try:
+    try:
+        if not host.isascii():
             host.encode("idna")
-        except UnicodeError:
-            raise malformed("the host is not a valid domain name") from None
+        for label in host.split("."):
+            # An ASCII label that claims to be punycode must decode as such.
+            if label[:4].lower() == "xn--":
+                label.encode("ascii").decode("idna")
+    except UnicodeError:
+        raise malformed("the host is not a valid domain name") from None
     try:
         httpx.URL(url)
-    except (httpx.InvalidURL, UnicodeError, ValueError):
+        Target.of(url)
+    except (httpx.InvalidURL, InvalidURL, UnicodeError, ValueError):
         raise malformed("not a valid URL") from None
     return parts
 
@@ -135,11 +140,9 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 
 async def public_addresses(resolver: Resolver, host: str, port: int) -> list[str]:
-    """The addresses ``host`` resolves to, all of them public, or ``BlockedAddressError``."""
-    try:
-        addresses = await resolver(host, port)
-    except OSError as exc:
-        raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
+    """The addresses ``host`` resolves to, all of them public, or ``BlockedAddressError`` (an
+    ``OSError`` when it does not resolve)."""
+    addresses = await resolver(host, port)
     blocked = [address for address in addresses if is_forbidden_address(address)]
     if blocked or not addresses:
         raise BlockedAddressError(

@@ -1,10 +1,14 @@
 """Where one request goes and with which key: precedence (request, collection, server), the
-endpoint for the model, and the rule that keeps the operator's keys at home.
+endpoints for the model, and the rule that keeps the operator's keys at home.
 
 Every surface's options pass through ``TargetResolver.resolve``, so the checks here hold for
 all of them: the model id matches the grammar, a caller-chosen base URL passes the SSRF checks,
 and a key of the operator's (the server key, or an endpoint's own) is attached only to a final
 URL the configuration allows (``ConfiguredBase.allows``).
+
+A request that names no base URL goes to the configured endpoints (``RERANKER_ENDPOINTS_FILE``,
+else ``RERANKER_BASE_URL`` alone), picked per call by the router; a request that names one goes
+there only.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from reranker_nvidia.core.keys import usable_key
 from reranker_nvidia.core.model_ids import check_model_id
 from reranker_nvidia.core.redaction import redact_url
 from reranker_nvidia.core.ssrf import check_url_text, parse_base_url
+from reranker_nvidia.core.upstream.routing import EndpointState, Router
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.types import TRUNCATE_VALUES
 
@@ -67,6 +72,20 @@ class Endpoint:
     """The operator's key for it; a request's own key wins."""
     guarded: bool
     """Chosen by a caller and not allow-listed: its connections pass the SSRF address check."""
+    state: EndpointState | None = None
+    """The configured endpoint's run-time state (breaker, load); None for a caller's choice."""
+
+
+@dataclass(frozen=True, eq=False)
+class Route:
+    """The endpoints a model's calls may go to: the configured ones, picked per call by
+    ``router``, or the one a caller chose (``router`` None)."""
+
+    id: str
+    """What the cache scope and coalescing call the route."""
+    endpoints: tuple[Endpoint, ...]
+    router: Router | None = None
+    by_state: dict[EndpointState, Endpoint] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,16 +94,17 @@ class Target:
 
     model: str
     truncate: str | None
-    route: str
-    """What the endpoints are, as the cache scope and coalescing know it: the configured
-    endpoints of the model, or one endpoint a caller chose."""
-    endpoints: tuple[Endpoint, ...]
+    route: Route
     request_key: str | None = field(repr=False)
     """The caller's own key, sent to whichever endpoint serves the call."""
 
     @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return self.route.endpoints
+
+    @property
     def guarded(self) -> bool:
-        return self.endpoints[0].guarded
+        return self.route.endpoints[0].guarded
 
     def key_for(self, endpoint: Endpoint) -> str | None:
         return self.request_key if self.request_key is not None else endpoint.key
@@ -93,7 +113,7 @@ class Target:
 class TargetResolver:
     """Turns a request's options into a ``Target``, or refuses them.
 
-    The server's key only ever goes to a final URL that a trusted base URL (the configured one
+    An operator's key only ever goes to a final URL that a trusted base URL (a configured one
     or an allow-listed one) resolves to, reached by a base URL with no query, fragment or
     user-info; any other base URL must come with the request's own key and passes the SSRF
     checks.
@@ -104,18 +124,28 @@ class TargetResolver:
         *,
         defaults: RankOptions,
         server_key: str | None,
+        router: Router,
         trusted_base_urls: Sequence[str],
         digests: Digests,
+        single: bool = True,
     ) -> None:
-        if defaults.base_url is None or defaults.model is None:
-            raise ValueError("the defaults must name a base URL and a model")
+        """``router``: the configured endpoints; ``single``: they are ``RERANKER_BASE_URL``
+        alone (no table), so naming that URL is the same route as naming none."""
+        if defaults.model is None:
+            raise ValueError("the defaults must name a model")
         self._defaults = defaults
-        self._base_url = defaults.base_url
         self._model = defaults.model
         self._server_key = server_key
+        self._router = router
+        self._single = single
         self._trusted = tuple(ConfiguredBase(url) for url in trusted_base_urls)
         self._digests = digests
-        self._endpoint = functools.lru_cache(maxsize=4096)(self._make_endpoint)
+        self._chosen = functools.lru_cache(maxsize=4096)(self._chosen_route)
+        self._configured = functools.lru_cache(maxsize=1024)(self._configured_route)
+
+    @property
+    def router(self) -> Router:
+        return self._router
 
     def resolve(self, options: RankOptions) -> Target:
         request_key = usable_key(options.api_key)
@@ -124,13 +154,21 @@ class TargetResolver:
         chosen = RankOptions(options.model, options.base_url, options.truncate, request_key).over(
             self._defaults
         )
-        base_url = (chosen.base_url or self._base_url).strip()
-        parse_base_url(base_url)
         truncate = chosen.truncate.strip().upper() if chosen.truncate else None
         if truncate is not None and truncate not in TRUNCATE_VALUES:
             raise invalid_argument(f"truncate must be NONE or END, got {chosen.truncate!r}")
         model = check_model_id(chosen.model or self._model)
-        endpoint = self._endpoint(base_url, model)
+        base_url = _given(options.base_url)
+        if base_url is None:
+            route = self._configured(model)
+            if request_key is None and all(
+                endpoint.key is None and is_hosted(endpoint.url) for endpoint in route.endpoints
+            ):
+                raise RerankError(ErrorCode.UNAUTHENTICATED, NO_KEY_MESSAGE)
+            return Target(model, truncate, route, request_key)
+        parse_base_url(base_url)
+        route = self._chosen(base_url, model)
+        endpoint = route.endpoints[0]
         if endpoint.guarded:
             check_url_text(base_url)
         if request_key is None and endpoint.key is None and is_hosted(base_url):
@@ -138,23 +176,66 @@ class TargetResolver:
         if request_key is None and endpoint.guarded:
             raise RerankError(
                 ErrorCode.PERMISSION_DENIED,
-                f"base URL {redact_url(base_url)} is neither RERANKER_BASE_URL nor in "
+                f"base URL {redact_url(base_url)} is neither a configured endpoint nor in "
                 "RERANKER_ALLOWED_BASE_URLS, so the server's key is not sent there: send the "
                 "request's own key (X-Nvidia-Api-Key, Authorization: Bearer, or gRPC "
                 "metadata x-nvidia-api-key)",
             )
-        return Target(model, truncate, identity_text(endpoint.url), (endpoint,), request_key)
+        return Target(model, truncate, route, request_key)
 
-    def _make_endpoint(self, base_url: str, model: str) -> Endpoint:
+    def _configured_route(self, model: str) -> Route:
+        """The configured endpoints that serve ``model``, each with its final URL."""
+        states = [state for state in self._router.endpoints if state.spec.serves(model)]
+        if not states:
+            raise invalid_argument(
+                f"model: no endpoint in RERANKER_ENDPOINTS_FILE serves {model!r}"
+            )
+        endpoints = []
+        for state in states:
+            spec = state.spec
+            url = resolve_endpoint(spec.url, model)
+            if not ConfiguredBase(spec.url).allows(url):
+                raise invalid_argument(f"model: {model!r} cannot be sent to {spec.name}")
+            endpoints.append(
+                Endpoint(
+                    url=url,
+                    name=spec.name,
+                    tag=self._digests.tag(identity_text(url)),
+                    key=spec.key(self._server_key),
+                    guarded=False,
+                    state=state,
+                )
+            )
+        route_id = identity_text(endpoints[0].url) if self._single else "configured endpoints"
+        by_state = {endpoint.state: endpoint for endpoint in endpoints if endpoint.state}
+        return Route(route_id, tuple(endpoints), self._router, by_state)
+
+    def _chosen_route(self, base_url: str, model: str) -> Route:
+        """The one endpoint a caller named: a configured one keeps its own key; an
+        allow-listed one gets the server's; any other none (and is guarded)."""
         url = resolve_endpoint(base_url, model)
         trusted = self._is_trusted(base_url, url)
-        return Endpoint(
+        tag = self._digests.tag(identity_text(url))
+        if trusted:
+            for endpoint in self._configured_endpoints(model):
+                if endpoint.tag == tag:
+                    if self._single:
+                        return self._configured(model)
+                    return Route(identity_text(url), (endpoint,))
+        endpoint = Endpoint(
             url=url,
             name=redact_url(url),
-            tag=self._digests.tag(identity_text(url)),
+            tag=tag,
             key=self._server_key if trusted else None,
             guarded=not trusted,
         )
+        return Route(identity_text(url), (endpoint,))
+
+    def _configured_endpoints(self, model: str) -> tuple[Endpoint, ...]:
+        try:
+            return self._configured(model).endpoints
+        except RerankError:
+            return ()
 
     def _is_trusted(self, base_url: str, url: str) -> bool:
         parts = parse_base_url(base_url)

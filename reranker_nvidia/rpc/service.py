@@ -150,6 +150,7 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
             request.query,
             list(request.documents),
             options_from_proto(request.options, metadata),
+            surface="grpc",
             top_n=_top_n(request),
             budget_s=budget_s,
         )

@@ -148,6 +148,7 @@ class SidecarServer:
                 f"cannot listen for HTTP on {settings.host}:{settings.http_port}: "
                 f"{_reason(error)} (--http-port / RERANKER_HTTP_PORT, --host / RERANKER_HOST)"
             ) from None
+        self.core.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._ready = True

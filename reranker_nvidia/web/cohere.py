@@ -102,6 +102,7 @@ def cohere_router(ranker: Ranker, truncate: str) -> APIRouter:
                 model=nim_model(body.model),
                 truncate="END" if body.max_tokens_per_doc is not None else truncate,
             ),
+            surface="cohere",
             top_n=body.top_n,
             budget_s=request_budget(request),
         )

@@ -86,6 +86,7 @@ def nim_router(ranker: Ranker, models: Sequence[str]) -> APIRouter:
             body.query.text,
             [passage.text for passage in body.passages],
             options,
+            surface="nim",
             top_n=body.top_k if body.top_k is not None else body.top_n,
             budget_s=request_budget(request),
         )

@@ -90,6 +90,7 @@ def weaviate_router(
                 body.query,
                 body.documents,
                 options,
+                surface="weaviate",
                 budget_s=budget_s,
                 siblings_expected=len(body.documents) == WEAVIATE_CHUNK_SIZE,
             )
@@ -102,7 +103,9 @@ def weaviate_router(
             )
         if body.property is None:
             raise invalid_argument("documents: required (or property, for a single text)")
-        ranking = await ranker.rank(body.query, [body.property], options, budget_s=budget_s)
+        ranking = await ranker.rank(
+            body.query, [body.property], options, surface="weaviate", budget_s=budget_s
+        )
         return json_response(
             {
                 "query": body.query,

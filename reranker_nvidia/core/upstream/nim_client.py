@@ -1,8 +1,9 @@
-"""The HTTP call to a NIM ranking endpoint, and the checks on what comes back.
+"""The HTTP call to a NIM ranking endpoint, over the project's own HTTP/1.1 client (parsed in C
+by httptools: ``reranker_nvidia.wire``), and what its failures are called.
 
-One set of connection pools per process (``transport.py``). Every failure leaves here as a
+One client (one set of keep-alive pools) per process. Every failure leaves here as a
 ``RerankError`` whose message says what went wrong upstream; the API key is never part of any
-message.
+message. What NIM answered is checked by ``answers.py``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import functools
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterable, Sequence
-from typing import Any
+import sys
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
-import httpcore
 import httpx
 import orjson
 
 from reranker_nvidia import __version__
+from reranker_nvidia.core.passages import Passage, wire_passages
 from reranker_nvidia.core.redaction import redact_url
 from reranker_nvidia.core.ssrf import (
     BlockedAddressError,
@@ -30,27 +32,43 @@ from reranker_nvidia.core.ssrf import (
     system_resolver,
 )
 from reranker_nvidia.core.upstream.answers import UpstreamRanking, loads, ranking_from
-from reranker_nvidia.core.upstream.transport import ConnectionPools, Destination
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
+from reranker_nvidia.wire import (
+    AnswerTooLarge,
+    ClientClosed,
+    ConnectTimeout,
+    HttpClient,
+    InvalidHeader,
+    InvalidURL,
+    ProxyError,
+    RemoteProtocolError,
+    TransportError,
+)
 
 log = logging.getLogger("reranker_nvidia.upstream")
+T = TypeVar("T")
 
 # Answers larger than this are parsed on a worker thread, so the event loop keeps serving.
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
+Headers = list[tuple[bytes, bytes]]
+_FIXED_HEADERS: Headers = [
+    (b"user-agent", f"reranker-nvidia/{__version__}".encode()),
+    (b"accept", b"application/json"),
+    (b"content-type", b"application/json"),
+]
 
 
 class NimClient:
     """Sends ranking requests to NIM endpoints over pooled, bounded connections.
 
-    Endpoints the operator trusts (configured or allow-listed) and endpoints a caller chose
-    use separate pools; every connection of the second passes the SSRF address check.
+    Endpoints a caller chose are "guarded": each of their connections goes to an address that
+    passed the SSRF check (and never shares a pooled connection with a trusted endpoint's).
     """
 
     def __init__(
         self,
         *,
-        connect_timeout_s: float,
-        max_connections: int,
+        http: HttpClient,
         max_answer_bytes: int,
         resolver: Resolver = system_resolver,
         secrets: Sequence[str] = (),
@@ -58,18 +76,14 @@ class NimClient:
         """``secrets`` (the server's key, the caller token) are cut out of any upstream text
         that reaches an error message, as is the key each call sends. An answer over
         ``max_answer_bytes`` is refused as it streams in."""
-        self._connect_timeout_s = connect_timeout_s
+        self._http = http
         self._max_answer_bytes = max_answer_bytes
         self._secrets = tuple(secret for secret in secrets if secret)
         self._resolver = resolver
-        self._pools = ConnectionPools(
-            max_connections=max_connections,
-            ssl_context=shared_ssl_context(),
-            address_of=checked_address(resolver),
-        )
+        self._address_of = checked_address(resolver)
 
     async def aclose(self) -> None:
-        await self._pools.aclose()
+        await self._http.aclose()
 
     async def rank(
         self,
@@ -77,7 +91,7 @@ class NimClient:
         *,
         model: str,
         query: str,
-        passages: Sequence[str],
+        passages: Sequence[Passage],
         truncate: str | None,
         api_key: str | None,
         timeout_s: float,
@@ -87,116 +101,105 @@ class NimClient:
         body: dict[str, Any] = {
             "model": model,
             "query": {"text": query},
-            "passages": [{"text": passage} for passage in passages],
+            "passages": wire_passages(passages),
         }
         if truncate is not None:
             body["truncate"] = truncate
+        headers = _FIXED_HEADERS
+        if api_key:
+            headers = [*headers, (b"authorization", b"Bearer " + api_key.encode("ascii"))]
         where = redact_url(endpoint)
         try:
-            destination = Destination.of(endpoint)
-            content = orjson.dumps(body)
-            headers = [
-                (b"Host", destination.host_header),
-                *_FIXED_HEADERS,
-                (b"Content-Length", b"%d" % len(content)),
-            ]
-            if api_key:
-                headers.append((b"Authorization", b"Bearer " + api_key.encode("ascii")))
-            request = httpcore.Request(
-                b"POST",
-                destination.url,
-                headers=headers,
-                content=content,
-                extensions={
-                    "timeout": {
-                        "connect": min(timeout_s, self._connect_timeout_s),
-                        "read": timeout_s,
-                        "write": timeout_s,
-                        "pool": timeout_s,
-                    }
-                },
+            response = await within(
+                timeout_s, self._send(endpoint, headers, orjson.dumps(body), guarded)
             )
-            status, response_headers, answer = await asyncio.wait_for(
-                self._exchange(destination, request, where, guarded), timeout_s
-            )
-        except httpcore.ConnectTimeout:
-            message = f"could not reach NIM at {where}: connecting timed out"
-            log.warning("%s", message)
-            raise RerankError(ErrorCode.DEADLINE_EXCEEDED, message, retryable=True) from None
-        except (httpcore.TimeoutException, asyncio.TimeoutError):
+        except (TimeoutError, asyncio.TimeoutError):
             raise RerankError(
                 ErrorCode.DEADLINE_EXCEEDED,
                 f"NIM at {where} did not answer within {timeout_s:.3g} s",
                 retryable=True,
             ) from None
+        except ConnectTimeout:
+            message = f"could not reach NIM at {where}: connecting timed out"
+            log.warning("%s", message)
+            raise RerankError(ErrorCode.DEADLINE_EXCEEDED, message, retryable=True) from None
         except BlockedAddressError as exc:
             raise RerankError(ErrorCode.PERMISSION_DENIED, f"base URL refused: {exc}") from None
-        except (httpx.InvalidURL, httpcore.UnsupportedProtocol, UnicodeError):
+        except (InvalidURL, InvalidHeader, UnicodeError):
             # The core checks both before any call; this keeps a miss a 400, never a 500.
             raise invalid_argument("base_url or api key: cannot be put in a request") from None
-        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError) as exc:
+        except AnswerTooLarge:
+            raise RerankError(
+                ErrorCode.UNAVAILABLE,
+                f"NIM at {where} sent an answer over {self._max_answer_bytes} bytes "
+                "(RERANKER_MAX_UPSTREAM_BYTES)",
+            ) from None
+        except (TransportError, ClientClosed) as exc:
             message = f"could not reach NIM at {where}: {connection_failure(exc)}"
             log.warning("%s", message)
             raise RerankError(ErrorCode.UNAVAILABLE, message, retryable=True) from None
+        answer = response.body
+        if log.isEnabledFor(logging.DEBUG):
+            # Masked like every line (logs.py): an endpoint may echo a key in a header.
+            shown = ", ".join(
+                f"{k.decode('latin-1')}: {v.decode('latin-1')}" for k, v in response.headers
+            )
+            log.debug(
+                "NIM at %s answered %d (%s), %d bytes", where, response.status, shown, len(answer)
+            )
         if len(answer) > _PARSE_OFF_LOOP_BYTES:
             payload = await asyncio.to_thread(loads, answer)
         else:
             payload = loads(answer)
         return ranking_from(
-            status, response_headers, payload, len(passages), where, (*self._secrets, api_key)
+            response.status,
+            response.headers,
+            payload,
+            len(passages),
+            where,
+            (*self._secrets, api_key),
         )
 
-    async def _exchange(
-        self, destination: Destination, request: httpcore.Request, where: str, guarded: bool
-    ) -> tuple[int, Headers, bytes]:
-        proxy = self._pools.proxy_for(destination)
-        if proxy is not None:
-            if guarded:
+    async def _send(self, endpoint: str, headers: Headers, content: bytes, guarded: bool) -> Any:
+        http = self._http
+        address_of = None
+        if guarded:
+            if http.uses_proxy(endpoint):
                 # Through a proxy the proxy connects, so the guard checks what the host
                 # resolves to before each call instead (a proxy that resolves differently is
                 # the operator's to trust). A name this process cannot resolve is the
                 # proxy's to resolve, or to fail on.
-                with contextlib.suppress(httpcore.ConnectError):
-                    await public_addresses(self._resolver, destination.host, 443)
-            return await self._read(await proxy.handle_async_request(request), where)
-        pool = self._pools.guarded if guarded else self._pools.trusted
-        async with pool.connection(destination.url) as connection:
-            return await self._read(await connection.handle_async_request(request), where)
+                with contextlib.suppress(OSError):
+                    await public_addresses(self._resolver, httpx.URL(endpoint).host, 443)
+            else:
+                address_of = self._address_of
+        return await http.request(
+            endpoint,
+            headers=headers,
+            body=content,
+            max_body_bytes=self._max_answer_bytes,
+            address_of=address_of,
+        )
 
-    async def _read(self, response: httpcore.Response, where: str) -> tuple[int, Headers, bytes]:
-        """The status, headers and body, read as it streams in and refused past the limit."""
-        limit = self._max_answer_bytes
+    async def ready(self, url: str, timeout_s: float) -> bool:
+        """Whether a GET of ``url`` (a NIM's readiness route) answers 2xx in time."""
+        probe = self._http.request(
+            url, method=b"GET", headers=_FIXED_HEADERS[:2], body=b"", max_body_bytes=65536
+        )
         try:
-            declared = _header(response.headers, b"content-length") or b""
-            if declared.isdigit() and int(declared) > limit:
-                raise _too_large(where, limit)
-            chunks: list[bytes] = []
-            size = 0
-            assert isinstance(response.stream, AsyncIterable)
-            async for chunk in response.stream:
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(where, limit)
-                chunks.append(chunk)
-        finally:
-            await response.aclose()
-        return response.status, response.headers, b"".join(chunks)
+            response = await within(timeout_s, probe)
+        except (TimeoutError, asyncio.TimeoutError, TransportError, AnswerTooLarge, ValueError):
+            return False
+        return 200 <= response.status < 300
 
 
-Headers = list[tuple[bytes, bytes]]
-_FIXED_HEADERS: Headers = [
-    (b"User-Agent", f"reranker-nvidia/{__version__}".encode()),
-    (b"Accept", b"application/json"),
-    (b"Content-Type", b"application/json"),
-]
-
-
-def _header(headers: Headers, name: bytes) -> bytes | None:
-    """The first value of header ``name`` (lower case)."""
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
+async def within(seconds: float, work: Awaitable[T]) -> T:
+    """``work``'s result, or TimeoutError after ``seconds``: ``asyncio.timeout`` where there
+    is one (no task per call, as ``wait_for`` makes on 3.11)."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await work
+    return await asyncio.wait_for(work, seconds)  # pragma: no cover - Python 3.10
 
 
 @functools.lru_cache(maxsize=1)
@@ -208,6 +211,8 @@ def shared_ssl_context() -> ssl.SSLContext:
 
 def connection_failure(error: BaseException) -> str:
     """What went wrong on the way to NIM, in words: DNS, refused, TLS, reset, or closed."""
+    if isinstance(error, ProxyError):
+        return f"proxy: {error}"
     cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, socket.gaierror):
@@ -223,13 +228,6 @@ def connection_failure(error: BaseException) -> str:
         if isinstance(cause, OSError) and cause.strerror:
             return f"connection failed ({cause.strerror})"
         cause = cause.__cause__ or cause.__context__
-    if isinstance(error, httpcore.RemoteProtocolError):
+    if isinstance(error, RemoteProtocolError):
         return "the connection closed before an answer"
-    return f"connection failed ({type(error).__name__})"
-
-
-def _too_large(where: str, limit: int) -> RerankError:
-    return RerankError(
-        ErrorCode.UNAVAILABLE,
-        f"NIM at {where} sent an answer over {limit} bytes (RERANKER_MAX_UPSTREAM_BYTES)",
-    )
+    return f"connection failed ({error or type(error).__name__})"

@@ -1,0 +1,49 @@
+"""What a passage is between the surfaces and NIM: text (a ``str``, the common case, kept as it
+is so that text-only requests pay nothing for images), or text beside an image, or an image
+alone (``ImagePassage`` with ``text`` empty)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reranker_nvidia.core.images import Image
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePassage:
+    """A passage that carries an image; ``text`` is "" for an image-only passage, which goes
+    to NIM without ``text`` (NIM wants it left out, not empty)."""
+
+    text: str
+    image: Image
+
+    def wire(self) -> dict[str, str]:
+        if self.text:
+            return {"text": self.text, "image": self.image.data_url}
+        return {"image": self.image.data_url}
+
+
+Passage = str | ImagePassage
+
+
+def wire_passages(passages: Sequence[Passage]) -> list[Any]:
+    """The ``passages`` of a NIM request."""
+    return [
+        {"text": passage} if isinstance(passage, str) else passage.wire() for passage in passages
+    ]
+
+
+def cache_bytes(passage: Passage) -> bytes:
+    """What a passage's cache key is made of: its text, and its image's digest if it has one
+    (so two passages differing only in their image never share a score)."""
+    if passage.__class__ is str:
+        return passage.encode("utf-8", "surrogatepass")
+    assert isinstance(passage, ImagePassage)
+    return passage.text.encode("utf-8", "surrogatepass") + b"\x00image\x00" + passage.image.digest
+
+
+def image_bytes(passages: Sequence[Passage]) -> int:
+    """The image bytes ``passages`` carry (0 for text)."""
+    return sum(len(p.image.data) for p in passages if p.__class__ is ImagePassage)
