@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from reranker_nvidia.messages import (
     API_KEY_METADATA,
     BASE_URL_METADATA,
+    FALLBACK_METADATA,
     TOKEN_METADATA,
     dict_to_struct,
     documents_to_proto,
@@ -121,13 +122,14 @@ class _Requests:
         return request, metadata, _Sent(texts, images)
 
     @staticmethod
-    def ranked(response: pb.RankResponse, sent: _Sent) -> RankedDocuments:
+    def ranked(answer: _Answer, sent: _Sent) -> RankedDocuments:
+        response, fallback = answer
         texts, images = sent
         scored = [
             ScoredDocument(r.index, r.score, texts[r.index], images.get(r.index))
             for r in response.results
         ]
-        return RankedDocuments(response.model, usage_from_proto(response.usage), scored)
+        return RankedDocuments(response.model, usage_from_proto(response.usage), scored, fallback)
 
     def rerank(self, hits: Sequence[Hit], call: RerankCall) -> tuple[pb.RerankRequest, Metadata]:
         _check_call(call, RerankCall, required=("properties", "query"))
@@ -142,7 +144,8 @@ class _Requests:
         return request, self.metadata(call.get("api_key"), call.get("base_url"))
 
     @staticmethod
-    def reranked(response: pb.RerankResponse, hits: Sequence[Hit]) -> RerankedHits:
+    def reranked(answer: _Answer, hits: Sequence[Hit]) -> RerankedHits:
+        response, fallback = answer
         reranked = [
             RerankedHit(
                 hits[entry.original_position],
@@ -151,7 +154,7 @@ class _Requests:
             )
             for entry in response.hits
         ]
-        return RerankedHits(response.model, usage_from_proto(response.usage), reranked)
+        return RerankedHits(response.model, usage_from_proto(response.usage), reranked, fallback)
 
     @staticmethod
     def meta(response: pb.GetMetaResponse) -> Meta:
@@ -197,6 +200,14 @@ class _Client:
         self._timeout_s = timeout_s
 
 
+# A response, and whether the sidecar answered it in input order (fail-open).
+_Answer = tuple[Any, bool]
+
+
+def _fell_back(trailers: Any) -> bool:
+    return any(key == FALLBACK_METADATA for key, _ in trailers or ())
+
+
 @contextlib.contextmanager
 def _rerank_errors() -> Iterator[None]:
     """A failed call as a ``RerankError`` with the server's code and message."""
@@ -234,11 +245,12 @@ class RerankerClient(_Client):
 
     def meta(self) -> Meta:
         request, metadata = pb.GetMetaRequest(), self._requests.metadata()
-        return _Requests.meta(self._invoke(self._stub.GetMeta, request, metadata))
+        return _Requests.meta(self._invoke(self._stub.GetMeta, request, metadata)[0])
 
-    def _invoke(self, method: Callable[..., Any], request: Message, metadata: Metadata) -> Any:
+    def _invoke(self, method: Any, request: Message, metadata: Metadata) -> _Answer:
         with _rerank_errors():
-            return method(request, metadata=metadata, timeout=self._timeout_s)
+            response, call = method.with_call(request, metadata=metadata, timeout=self._timeout_s)
+        return response, _fell_back(call.trailing_metadata())
 
     def close(self) -> None:
         self._channel.close()
@@ -269,16 +281,19 @@ class AsyncRerankerClient(_Client):
         return _Requests.reranked(response, hits)
 
     async def meta(self) -> Meta:
-        response = await self._invoke(
+        response, _ = await self._invoke(
             self._stub.GetMeta, pb.GetMetaRequest(), self._requests.metadata()
         )
         return _Requests.meta(response)
 
     async def _invoke(
         self, method: Callable[..., Any], request: Message, metadata: Metadata
-    ) -> Any:
+    ) -> _Answer:
         with _rerank_errors():
-            return await method(request, metadata=metadata, timeout=self._timeout_s)
+            call = method(request, metadata=metadata, timeout=self._timeout_s)
+            response = await call
+            trailers = await call.trailing_metadata()
+        return response, _fell_back(trailers)
 
     async def close(self) -> None:
         await self._channel.close(None)

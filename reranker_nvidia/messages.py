@@ -25,6 +25,8 @@ TOKEN_METADATA = "x-reranker-token"
 REQUEST_ID_METADATA = "x-request-id"
 # Trailing metadata on a refusal that says when to come back: whole seconds, as HTTP's header.
 RETRY_AFTER_METADATA = "retry-after"
+# Trailing metadata on an answer in input order because NIM failed (RERANKER_FAIL_OPEN).
+FALLBACK_METADATA = "x-reranker-fallback"
 
 TRUNCATE_FROM_PROTO: dict[pb.Truncate.ValueType, str | None] = {
     pb.TRUNCATE_UNSPECIFIED: None,

@@ -131,6 +131,8 @@ class RerankedHits(Answer):
     """Hits best first, then those with no text to rank by, in their old order."""
 
     hits: list[RerankedHit]
+    fallback: bool = False
+    """NIM could not rank them: they are in their search order (the sidecar's fail-open)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ class RankedDocuments(Answer):
     """Documents best first (at most ``top_n``)."""
 
     documents: list[ScoredDocument]
+    fallback: bool = False
+    """NIM could not rank them: they are in their input order (the sidecar's fail-open)."""
 
 
 @dataclass(frozen=True)

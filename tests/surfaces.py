@@ -171,7 +171,9 @@ def _cohere(path: str) -> Callable[[Sidecar, Call], Outcome]:
 
 
 def _grpc(
-    sidecar: Sidecar, call: Call, invoke: Callable[[pb_grpc.RerankerServiceStub, Any], Any]
+    sidecar: Sidecar,
+    call: Call,
+    invoke: Callable[[pb_grpc.RerankerServiceStub, Any], tuple[list[float], Any]],
 ) -> Outcome:
     metadata = []
     if call.key is not None:
@@ -181,7 +183,7 @@ def _grpc(
     with grpc.insecure_channel(sidecar.grpc_target) as channel:
         stub = pb_grpc.RerankerServiceStub(channel)
         try:
-            scores = invoke(stub, tuple(metadata))
+            scores, answered = invoke(stub, tuple(metadata))
         except grpc.RpcError as raised:
             error: Any = raised
             code = error.code()
@@ -189,21 +191,22 @@ def _grpc(
             return Outcome(
                 _GRPC_KINDS.get(code, "other"), error.details() or "", None, code, trailers
             )
-    return Outcome("ok", "", scores, grpc.StatusCode.OK)
+    trailers = {str(k): str(v) for k, v in answered.trailing_metadata() or ()}
+    return Outcome("ok", "", scores, grpc.StatusCode.OK, trailers)
 
 
 def _grpc_rank(sidecar: Sidecar, call: Call) -> Outcome:
-    def invoke(stub: pb_grpc.RerankerServiceStub, metadata: Any) -> list[float]:
+    def invoke(stub: pb_grpc.RerankerServiceStub, metadata: Any) -> tuple[list[float], Any]:
         request = pb.RankRequest(
             query=call.query,
             documents=list(call.documents),
             options=pb.RankOptions(model=call.model or ""),
         )
-        response = stub.Rank(request, metadata=metadata, timeout=60)
+        response, answered = stub.Rank.with_call(request, metadata=metadata, timeout=60)
         scores = [0.0] * len(call.documents)
         for result in response.results:
             scores[result.index] = result.score
-        return scores
+        return scores, answered
 
     return _grpc(sidecar, call, invoke)
 
@@ -225,14 +228,15 @@ def _reranked(response: pb.RerankResponse, count: int) -> list[float]:
 
 
 def _grpc_rerank(sidecar: Sidecar, call: Call) -> Outcome:
-    def invoke(stub: pb_grpc.RerankerServiceStub, metadata: Any) -> list[float]:
+    def invoke(stub: pb_grpc.RerankerServiceStub, metadata: Any) -> tuple[list[float], Any]:
         request = pb.RerankRequest(
             query=call.query,
             hits=_hits(call),
             properties=["content"],
             options=pb.RankOptions(model=call.model or ""),
         )
-        return _reranked(stub.Rerank(request, metadata=metadata, timeout=60), len(call.documents))
+        response, answered = stub.Rerank.with_call(request, metadata=metadata, timeout=60)
+        return _reranked(response, len(call.documents)), answered
 
     return _grpc(sidecar, call, invoke)
 
@@ -240,7 +244,7 @@ def _grpc_rerank(sidecar: Sidecar, call: Call) -> Outcome:
 def _grpc_module_config(sidecar: Sidecar, call: Call) -> Outcome:
     """Weaviate's collection config carries the model and base URL."""
 
-    def invoke(stub: pb_grpc.RerankerServiceStub, metadata: Any) -> list[float]:
+    def invoke(stub: pb_grpc.RerankerServiceStub, metadata: Any) -> tuple[list[float], Any]:
         config: dict[str, str] = {}
         if call.model is not None:
             config["model"] = call.model
@@ -252,7 +256,8 @@ def _grpc_module_config(sidecar: Sidecar, call: Call) -> Outcome:
             query=call.query, hits=_hits(call), properties=["content"], module_config=module_config
         )
         keyed = tuple(item for item in metadata if item[0] != "x-nvidia-baseurl")
-        return _reranked(stub.Rerank(request, metadata=keyed, timeout=60), len(call.documents))
+        response, answered = stub.Rerank.with_call(request, metadata=keyed, timeout=60)
+        return _reranked(response, len(call.documents)), answered
 
     return _grpc(sidecar, call, invoke)
 

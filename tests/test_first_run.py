@@ -58,6 +58,10 @@ def test_start_up_without_a_key_says_what_it_does_and_how_to_try_it() -> None:
         "  shared store  off: this replica's cache and budget are its own (RERANKER_CACHE_URL)",
         "  NIM budget    none",
         "  coalescing    window 3 ms",
+        "  retries       up to 2 a call, within 20% of first calls (+3/s)",
+        "  hedging       off",
+        "  fail-open     off",
+        "  score scale   logit on every surface",
         "  caller token  off",
         "  TLS           off",
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from reranker_nvidia.core.endpoints import KNOWN_MODELS
+from reranker_nvidia.core.catalog import DEFAULT_CATALOG
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
 from tests.conftest import SidecarFactory
 from tests.support import REQUEST_KEY, SERVER_KEY, Emulator, Sidecar
@@ -161,7 +161,7 @@ def test_models_lists_the_default_first_then_every_known_model(sidecar: Sidecar)
     }
     ids = [card["id"] for card in listing["data"]]
     assert ids == list(dict.fromkeys(ids)), "each model once"
-    assert set(KNOWN_MODELS) <= set(ids)
+    assert set(DEFAULT_CATALOG.ids) <= set(ids)
 
 
 def test_models_adds_the_operators_models(make_sidecar: SidecarFactory) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from reranker_nvidia.core.endpoints import KNOWN_MODELS
+from reranker_nvidia.core.catalog import DEFAULT_CATALOG
 from reranker_nvidia.emulator import lexical_logit, terms
 from reranker_nvidia.settings import DEFAULT_MODEL
 from tests.support import SERVER_KEY, Emulator, Sidecar
@@ -150,7 +150,7 @@ def check_get(route: str, answer: Answer) -> None:
         assert listing["object"] == "list"
         ids = [card["id"] for card in listing["data"]]
         assert ids[0] == DEFAULT_MODEL
-        assert set(KNOWN_MODELS) <= set(ids)
+        assert set(DEFAULT_CATALOG.ids) <= set(ids)
     else:
         raise AssertionError(f"no check for GET {route}")
 

@@ -11,8 +11,10 @@ from reranker_nvidia.core.caller_token import (
 )
 from reranker_nvidia.core.coalescer import Coalescer
 from reranker_nvidia.core.hits import collection_options, rerank_hits, rerank_properties
+from reranker_nvidia.core.images import Image, ImageBudget, parse_image
 from reranker_nvidia.core.keys import usable_key
 from reranker_nvidia.core.metrics import CONTENT_TYPE, Metrics
+from reranker_nvidia.core.passages import ImagePassage, Passage
 from reranker_nvidia.core.ranker import Ranker, Ranking, RequestLimits, check_top_n
 from reranker_nvidia.core.request_context import (
     REQUEST_ID_HEADER,
@@ -20,6 +22,7 @@ from reranker_nvidia.core.request_context import (
     request_id,
     request_secrets,
 )
+from reranker_nvidia.core.score_scale import Surface
 from reranker_nvidia.core.targets import RankOptions
 
 __all__ = [
@@ -31,14 +34,20 @@ __all__ = [
     "TOKEN_HEADER",
     "Admission",
     "Coalescer",
+    "Image",
+    "ImageBudget",
+    "ImagePassage",
     "Metrics",
+    "Passage",
     "RankOptions",
     "Ranker",
     "Ranking",
     "RequestLimits",
+    "Surface",
     "check_top_n",
     "collection_options",
     "new_request_id",
+    "parse_image",
     "request_id",
     "request_secrets",
     "rerank_hits",

@@ -21,20 +21,6 @@ HOSTED_HOSTS = frozenset({"ai.api.nvidia.com"})
 # Hosted NIM serves this model (under either id) on the path without a model segment.
 LEGACY_HOSTED_MODELS = frozenset({"nvidia/rerank-qa-mistral-4b", "nv-rerank-qa-mistral-4b:1"})
 
-# Reranking models hosted NIM serves (and self-hosted NIM images exist for), as their ids go
-# in a request body. GET /v1/models lists them, so clients that check a model against that
-# list (LlamaIndex) accept each.
-KNOWN_MODELS = (
-    "nvidia/rerank-qa-mistral-4b",
-    "nv-rerank-qa-mistral-4b:1",
-    "nvidia/nv-rerankqa-mistral-4b-v3",
-    "nvidia/llama-3.2-nv-rerankqa-1b-v1",
-    "nvidia/llama-3.2-nv-rerankqa-1b-v2",
-    "nvidia/llama-3.2-nemoretriever-500m-rerank-v2",
-    "nvidia/llama-nemotron-rerank-1b-v2",
-    "nvidia/llama-nemotron-rerank-vl-1b-v2",
-)
-
 _ENDPOINT_SUFFIXES = ("/ranking", "/reranking")
 # What a hosted path's model part may be once built: one or two segments of these characters
 # (periods became underscores; nothing else of a model id reaches a path).

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reranker_nvidia.core.images import ImageBudget, parse_image
+from reranker_nvidia.core.passages import ImagePassage, Passage
 from reranker_nvidia.core.ranker import Ranker, check_count, check_top_n
 from reranker_nvidia.core.targets import RankOptions
 from reranker_nvidia.errors import invalid_argument
@@ -30,6 +32,19 @@ def hit_text(hit: Hit, properties: Sequence[str]) -> str:
         elif isinstance(value, (list, tuple)):
             parts.extend(item for item in value if isinstance(item, str))
     return PROPERTY_SEPARATOR.join(part for part in parts if part.strip())
+
+
+def hit_passage(hit: Hit, position: int, properties: Sequence[str], images: ImageBudget) -> Passage:
+    """What a hit is ranked by: its text, and the first of its rerank properties that holds
+    bytes (a Weaviate ``blob`` sent as ``binary_properties``) as its image. "" when it has
+    neither: such hits are not sent to NIM."""
+    text = hit_text(hit, properties)
+    for name in properties:
+        value = hit.properties.get(name)
+        if isinstance(value, bytes):
+            field = f"hits[{position}].binary_properties.{name}"
+            return ImagePassage(text, parse_image(value, field, images))
+    return text
 
 
 def collection_options(module_config: Mapping[str, Any] | None) -> RankOptions:
@@ -83,7 +98,8 @@ async def rerank_hits(
     """
     properties = rerank_properties(ranker, properties, len(hits))
     check_top_n(top_n)
-    texts = [hit_text(hit, properties) for hit in hits]
+    images = ranker.image_budget()
+    texts = [hit_passage(hit, position, properties, images) for position, hit in enumerate(hits)]
     ranked_positions = [position for position, text in enumerate(texts) if text]
     ranking = await ranker.rank(
         query,
@@ -91,6 +107,8 @@ async def rerank_hits(
         options.over(collection),
         surface="grpc",
         budget_s=budget_s,
+        blobs=True,
+        images=images,
     )
     scored = [
         RerankedHit(hits[ranked_positions[i]], ranked_positions[i], ranking.scores[i])
@@ -104,4 +122,5 @@ async def rerank_hits(
         model=ranking.model,
         usage=ranking.usage,
         hits=result if top_n is None else result[:top_n],
+        fallback=ranking.fallback,
     )

@@ -18,18 +18,23 @@ from grpc import aio as grpc_aio
 
 from reranker_nvidia.core import (
     Admission,
+    ImagePassage,
     Metrics,
+    Passage,
     Ranker,
     collection_options,
     new_request_id,
+    parse_image,
     request_id,
     rerank_hits,
     rerank_properties,
 )
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.messages import (
+    FALLBACK_METADATA,
     REQUEST_ID_METADATA,
     RETRY_AFTER_METADATA,
+    document_images_from_proto,
     hit_from_proto,
     struct_to_dict,
     usage_to_proto,
@@ -131,12 +136,12 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
     async def _serve(
         self,
         method: str,
-        handle: Callable[[R, dict[str, str], float | None], Awaitable[T]],
+        handle: Callable[[R, dict[str, str], Context], Awaitable[T]],
         request: R,
         context: Context,
     ) -> T:
         metadata = _metadata(context)
-        work = handle(request, metadata, context.time_remaining())
+        work = handle(request, metadata, context)
         with self.possible_joiner():
             return await _answer(method, context, metadata, work, self.metrics)
 
@@ -144,16 +149,19 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
         return pb.GetMetaResponse(**self.meta.as_dict())
 
     async def _rank(
-        self, request: pb.RankRequest, metadata: dict[str, str], budget_s: float | None
+        self, request: pb.RankRequest, metadata: dict[str, str], context: Context
     ) -> pb.RankResponse:
+        budget_s = context.time_remaining()
         ranking = await self.ranker.rank(
             request.query,
-            list(request.documents),
+            self._documents(request),
             options_from_proto(request.options, metadata),
             surface="grpc",
             top_n=_top_n(request),
             budget_s=budget_s,
         )
+        if ranking.fallback:
+            _mark_fallback(context)
         return pb.RankResponse(
             results=[
                 pb.RankedDocument(index=index, score=ranking.scores[index])
@@ -163,9 +171,22 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
             usage=usage_to_proto(ranking.usage),
         )
 
+    def _documents(self, request: pb.RankRequest) -> list[Passage]:
+        """``documents``, each with its image from ``document_images`` (checked here, where it
+        enters)."""
+        documents: list[Passage] = list(request.documents)
+        images = document_images_from_proto(request)
+        if images:
+            budget = self.ranker.image_budget()
+            for index in sorted(images):
+                image = parse_image(images[index], f"document_images[{index}]", budget)
+                documents[index] = ImagePassage(request.documents[index], image)
+        return documents
+
     async def _rerank(
-        self, request: pb.RerankRequest, metadata: dict[str, str], budget_s: float | None
+        self, request: pb.RerankRequest, metadata: dict[str, str], context: Context
     ) -> pb.RerankResponse:
+        budget_s = context.time_remaining()
         # Admitted, and its counts checked, before a single hit is converted.
         async with self.admission.admit():
             properties = rerank_properties(self.ranker, request.properties, len(request.hits))
@@ -183,9 +204,15 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
                 top_n=_top_n(request),
                 budget_s=budget_s,
             )
+        if result.fallback:
+            _mark_fallback(context)
         return await _off_loop_when_large(
             len(result.hits), lambda: _rerank_response(request, result)
         )
+
+
+def _mark_fallback(context: Context) -> None:
+    context.set_trailing_metadata(((FALLBACK_METADATA, "passthrough"),))
 
 
 def _rerank_response(request: pb.RerankRequest, result: RerankedHits) -> pb.RerankResponse:

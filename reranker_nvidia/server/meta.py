@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 from reranker_nvidia import __version__
-from reranker_nvidia.core.endpoints import KNOWN_MODELS, resolve_endpoint
+from reranker_nvidia.core.catalog import Catalog
+from reranker_nvidia.core.endpoints import resolve_endpoint
 from reranker_nvidia.core.redaction import redact_url
+from reranker_nvidia.core.score_scale import SURFACES
+from reranker_nvidia.core.upstream.routing import EndpointState
 from reranker_nvidia.settings import Settings
 from reranker_nvidia.types import Meta
 
@@ -25,8 +31,32 @@ def describe(settings: Settings) -> Meta:
     )
 
 
+def live_meta(
+    meta: Meta, settings: Settings, endpoints: Sequence[EndpointState]
+) -> Callable[[], dict[str, Any]]:
+    """What ``GET /meta`` shows: ``meta``, the score scale of each surface, fail-open, and
+    each configured endpoint as it is now (state, load, counters; never a key)."""
+    fixed = {
+        **meta.as_dict(),
+        "score_scales": {surface: settings.score_scale.of(surface) for surface in SURFACES},
+        "fail_open": settings.fail_open,
+        "endpoints_file": str(settings.endpoints_file) if settings.endpoints_file else None,
+    }
+
+    def document() -> dict[str, Any]:
+        return {**fixed, "endpoints": endpoint_states(endpoints)}
+
+    return document
+
+
+def endpoint_states(endpoints: Sequence[EndpointState]) -> list[dict[str, Any]]:
+    """Each configured endpoint's state, for ``/meta`` and ``/health/endpoints``."""
+    return [{**endpoint.describe(), "url": redact_url(endpoint.spec.url)} for endpoint in endpoints]
+
+
 def served_models(settings: Settings) -> list[str]:
     """Model ids the sidecar offers: the default first, then ``RERANKER_MODELS``, then every
-    reranking model NIM is known to serve; each once."""
-    ids = (settings.model, *settings.models, *KNOWN_MODELS)
+    reranking model the catalog knows (``RERANKER_VL_MODELS`` included); each once."""
+    known = Catalog(extra_vision_models=settings.vl_models).ids
+    ids = (settings.model, *settings.models, *known)
     return list(dict.fromkeys(ids))

@@ -15,7 +15,7 @@ from reranker_nvidia.rpc.auth import TokenInterceptor
 from reranker_nvidia.rpc.service import RerankerService, add_to_server
 from reranker_nvidia.server.asgi import AsgiServer, ConnectionLimits, default_max_connections
 from reranker_nvidia.server.assembly import Core, build_core
-from reranker_nvidia.server.meta import describe, served_models
+from reranker_nvidia.server.meta import describe, endpoint_states, live_meta, served_models
 from reranker_nvidia.server.startup import (
     StartupError,
     missing_key_warning,
@@ -51,7 +51,8 @@ class SidecarServer:
                 possible_joiner=self.core.coalescer.possible_joiner,
                 is_ready=lambda: self._ready,
                 in_flight=self._http_requests,
-                meta=self.meta,
+                describe=live_meta(self.meta, settings, self.core.router.endpoints),
+                endpoint_states=lambda: endpoint_states(self.core.router.endpoints),
                 models=served_models(settings),
                 contract_truncate=settings.truncate or "END",
                 max_body_bytes=settings.max_body_bytes,
@@ -152,7 +153,8 @@ class SidecarServer:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._ready = True
-        log.info(summary(settings, self.http_port, self.grpc_port))
+        specs = [endpoint.spec for endpoint in self.core.router.endpoints]
+        log.info(summary(settings, self.http_port, self.grpc_port, specs))
         warning = missing_key_warning(settings)
         if warning is not None:
             log.warning(warning)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Sequence
 
 from reranker_nvidia import __version__
 from reranker_nvidia.core.endpoints import is_hosted, resolve_endpoint
 from reranker_nvidia.core.redaction import redact_url
+from reranker_nvidia.core.upstream.table import EndpointSpec
 from reranker_nvidia.settings import KEY_VARIABLES, Settings
 
 OFFLINE_HINT = (
@@ -42,8 +44,10 @@ def key_source(settings: Settings) -> str | None:
     return "settings"
 
 
-def summary(settings: Settings, http_port: int, grpc_port: int) -> str:
-    """The start-up block: where it listens and what it will do, never the key."""
+def summary(
+    settings: Settings, http_port: int, grpc_port: int, endpoints: Sequence[EndpointSpec]
+) -> str:
+    """The start-up block: where it listens and what it will do, never a key."""
     model = settings.model
     source = key_source(settings)
     if settings.truncate is None:
@@ -70,10 +74,24 @@ def summary(settings: Settings, http_port: int, grpc_port: int) -> str:
         for value, unit in ((settings.upstream_rpm, "calls"), (settings.upstream_tpm, "passages"))
         if value is not None
     ]
+    if settings.endpoints_file is None:
+        where = [f"  NIM endpoint  {redact_url(resolve_endpoint(settings.base_url, model))}"]
+    else:
+        where = [
+            f"  NIM endpoints {len(endpoints)} from {settings.endpoints_file} "
+            "(RERANKER_BASE_URL is not used)",
+            *(f"                {_endpoint_line(spec)}" for spec in endpoints),
+        ]
+    hedging = (
+        f"after p{settings.hedge_percentile:g} of an endpoint's latency, at most "
+        f"{settings.hedge_budget:.0%} more calls"
+        if settings.hedge_percentile is not None
+        else "off"
+    )
     lines = [
         f"reranker-nvidia {__version__} serving HTTP on {settings.host}:{http_port} "
         f"and gRPC on {settings.host}:{grpc_port}",
-        f"  NIM endpoint  {redact_url(resolve_endpoint(settings.base_url, model))}",
+        *where,
         f"  model         {model}",
         f"  truncation    {truncation}",
         f"  key           {f'from {source}' if source else 'none: requests must bring their own'}",
@@ -81,10 +99,30 @@ def summary(settings: Settings, http_port: int, grpc_port: int) -> str:
         f"  shared store  {shared}",
         f"  NIM budget    {', '.join(limits) + ' per key' if limits else 'none'}",
         f"  coalescing    {f'window {window:g} ms' if window else 'off'}",
+        f"  retries       up to {settings.max_retries} a call, within "
+        f"{settings.retry_budget:.0%} of first calls (+{settings.retry_budget_min_per_s:g}/s)",
+        f"  hedging       {hedging}",
+        f"  fail-open     {'on: input order when NIM fails' if settings.fail_open else 'off'}",
+        f"  score scale   {settings.score_scale.describe()}",
         f"  caller token  {'on (X-Reranker-Token)' if settings.auth_token else 'off'}",
         f"  TLS           {'on' if settings.tls_cert else 'off'}",
     ]
     return "\n".join(lines)
+
+
+def _endpoint_line(spec: EndpointSpec) -> str:
+    models = ", ".join(sorted(spec.models)) if spec.models is not None else "every model"
+    key = (
+        "server key"
+        if spec.uses_server_key
+        else f"key from {spec.api_key_env}"
+        if spec.api_key_env
+        else "no key"
+    )
+    return (
+        f"tier {spec.tier} {spec.name}: {redact_url(spec.url)}, weight {spec.weight:g}, "
+        f"{models}, {key}{', polled' if spec.self_hosted and spec.health_path else ''}"
+    )
 
 
 def missing_key_warning(settings: Settings) -> str | None:

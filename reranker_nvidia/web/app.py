@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import PlainTextResponse
 
 from reranker_nvidia import __version__
 from reranker_nvidia.core import CONTENT_TYPE, Metrics, Ranker, request_id
-from reranker_nvidia.types import Meta
 from reranker_nvidia.web.body import document_request_bodies
 from reranker_nvidia.web.cohere import RerankRequest, cohere_router
 from reranker_nvidia.web.docs import add_offline_docs
@@ -57,7 +57,8 @@ def create_http_app(
     possible_joiner: Callable[[], AbstractContextManager[None]],
     is_ready: Callable[[], bool],
     in_flight: RequestsInFlight,
-    meta: Meta,
+    describe: Callable[[], dict[str, Any]],
+    endpoint_states: Callable[[], list[dict[str, Any]]],
     models: Sequence[str],
     contract_truncate: str,
     max_body_bytes: int,
@@ -75,7 +76,7 @@ def create_http_app(
     )
     add_offline_docs(app)
     install_error_handlers(app)
-    app.include_router(weaviate_router(ranker, meta, is_ready, contract_truncate))
+    app.include_router(weaviate_router(ranker, describe, is_ready, contract_truncate))
     app.include_router(nim_router(ranker, models))
     app.include_router(cohere_router(ranker, contract_truncate))
     document_request_bodies(app, [WeaviateRerankRequest, NimRankingRequest, RerankRequest])
@@ -88,6 +89,10 @@ def create_http_app(
     )
     async def render_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/health/endpoints", summary="Each configured NIM endpoint's state and load")
+    async def health_endpoints() -> dict[str, Any]:
+        return {"endpoints": endpoint_states()}
 
     app.add_middleware(
         HttpGuard,

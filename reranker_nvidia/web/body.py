@@ -75,8 +75,16 @@ def _as_request_error(error: ValidationError) -> RequestValidationError:
     )
 
 
-def json_response(payload: object) -> Response:
-    return Response(orjson.dumps(payload), media_type="application/json")
+# Says an answer is in input order because NIM failed (RERANKER_FAIL_OPEN).
+FALLBACK_HEADER = {"X-Reranker-Fallback": "passthrough"}
+
+
+def json_response(payload: object, *, fallback: bool = False) -> Response:
+    return Response(
+        orjson.dumps(payload),
+        media_type="application/json",
+        headers=FALLBACK_HEADER if fallback else None,
+    )
 
 
 def document_request_bodies(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:

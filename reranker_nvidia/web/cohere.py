@@ -125,7 +125,8 @@ def cohere_router(ranker: Ranker, truncate: str) -> APIRouter:
                     }
                 },
                 "usage": {"total_tokens": ranking.usage.total_tokens},
-            }
+            },
+            fallback=ranking.fallback,
         )
 
     for path in ("/v1/rerank", "/v2/rerank"):

@@ -99,7 +99,8 @@ def nim_router(ranker: Ranker, models: Sequence[str]) -> APIRouter:
                     "prompt_tokens": usage.prompt_tokens,
                     "total_tokens": usage.total_tokens,
                 },
-            }
+            },
+            fallback=ranking.fallback,
         )
 
     body_schema = request_body_schema(NimRankingRequest)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from reranker_nvidia.core import Ranker
 from reranker_nvidia.errors import invalid_argument
-from reranker_nvidia.types import Meta
 from reranker_nvidia.web.body import json_response, read_body, request_body_schema
 from reranker_nvidia.web.options import (
     header_options,
@@ -51,7 +51,10 @@ class WeaviateError(BaseModel):
 
 
 def weaviate_router(
-    ranker: Ranker, meta: Meta, is_ready: Callable[[], bool], truncate: str
+    ranker: Ranker,
+    describe: Callable[[], dict[str, Any]],
+    is_ready: Callable[[], bool],
+    truncate: str,
 ) -> APIRouter:
     """``truncate``: what NIM does with an over-long passage; Weaviate never says, and the
     cross-encoder this contract comes from truncates."""
@@ -70,9 +73,13 @@ def weaviate_router(
     async def ready() -> Response:
         return Response(status_code=204 if is_ready() else 503)
 
-    @router.get("/meta", summary="What this sidecar is and how it is configured (never the key)")
-    async def get_meta() -> Meta:
-        return meta
+    @router.get(
+        "/meta",
+        summary="What this sidecar is and how it is configured, its endpoints as they are now "
+        "(never a key)",
+    )
+    async def get_meta() -> dict[str, Any]:
+        return describe()
 
     @router.post(
         "/rerank",
@@ -99,7 +106,8 @@ def weaviate_router(
                 for document, score in zip(body.documents, ranking.scores, strict=True)
             ]
             return json_response(
-                {"query": body.query, "scores": scores, "property": None, "score": None}
+                {"query": body.query, "scores": scores, "property": None, "score": None},
+                fallback=ranking.fallback,
             )
         if body.property is None:
             raise invalid_argument("documents: required (or property, for a single text)")
@@ -112,7 +120,8 @@ def weaviate_router(
                 "scores": None,
                 "property": body.property,
                 "score": ranking.scores[0],
-            }
+            },
+            fallback=ranking.fallback,
         )
 
     return router

@@ -80,21 +80,21 @@ class UpstreamCaller:
     ) -> UpstreamRanking:
         """Logits for ``passages``, retrying while the failure is retryable, the retry budget
         allows and a retry can still start before ``deadline`` (a ``time.monotonic()``
-        value). A retry goes to another endpoint when one is up, at once; to the same one
-        after a backoff."""
+        value). A retry goes to an endpoint this call has not tried when one is up (the next
+        tier's included), at once; to one already tried after a backoff."""
         router = target.route.router
         flow = (target.route.id, target.model, target.truncate, query, target.request_key)
         self.retry_budget.record_first_call()
         if self.hedging is not None and router is not None:
             self.hedging.budget.record_first_call()
-        after: EndpointState | None = None
+        tried: list[EndpointState] = []
         failed: RerankError | None = None
         tries = 0
         while True:
             attempt = None
             if router is not None:
-                attempt = router.pick(target.model, after=after, retry=tries > 0, fail_open=True)
-            if failed is not None and (attempt is None or attempt.endpoint is after):
+                attempt = router.pick(target.model, avoid=tried, retry=tries > 0, fail_open=True)
+            if failed is not None and (attempt is None or attempt.endpoint in tried):
                 # No other endpoint is up: back off before the same one again.
                 delay = self._retry.delay_s(failed, tries - 1)
                 if time.monotonic() + delay >= deadline:
@@ -117,7 +117,8 @@ class UpstreamCaller:
                     error.message += " (not retried: the retry budget is spent)"
                     raise
                 failed = error
-                after = attempt.endpoint if attempt is not None else None
+                if attempt is not None:
+                    tried.append(attempt.endpoint)
                 tries += 1
 
     async def _hedged(

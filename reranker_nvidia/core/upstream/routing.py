@@ -13,7 +13,7 @@ follow the weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from reranker_nvidia.core.upstream.breaker import BreakerState, CircuitBreaker, Permit
 from reranker_nvidia.core.upstream.hedging import LatencyTracker
@@ -174,7 +174,7 @@ class Router:
         self,
         model: str,
         *,
-        after: EndpointState | None = None,
+        avoid: Collection[EndpointState] = (),
         tier: int | None = None,
         retry: bool = False,
         fail_open: bool = False,
@@ -182,17 +182,18 @@ class Router:
         """An attempt on the endpoint the next call for ``model`` should go to, or None when
         every endpoint that serves it is down.
 
-        ``after``: the endpoint just tried; picked again only when no other is up in any
-        acceptable tier. ``tier``: only endpoints of this tier. ``retry``: count the call as a
-        retry. ``fail_open``: when every endpoint is down, an attempt on the one that comes
-        back soonest all the same, rather than None (its success closes its breaker).
+        ``avoid``: the endpoints this call already tried; one is picked again only when no
+        other is up in any acceptable tier. ``tier``: only endpoints of this tier. ``retry``:
+        count the call as a retry. ``fail_open``: when every endpoint is down, an attempt on
+        the one that comes back soonest all the same, rather than None (its success closes
+        its breaker).
         """
         chosen: EndpointState | None = None
         spare: EndpointState | None = None
         for number, members in self._tiers:
             if tier is not None and number != tier:
                 continue
-            chosen, skipped = _round_robin(members, model, after)
+            chosen, skipped = _round_robin(members, model, avoid)
             if chosen is not None:
                 break
             if skipped is not None:
@@ -203,7 +204,7 @@ class Router:
         if chosen is not None:
             permit = chosen.breaker.try_acquire()
         elif fail_open:
-            chosen = self._least_down(model, after, tier)
+            chosen = self._least_down(model, avoid, tier)
             if chosen is not None:
                 permit = chosen.breaker.bypass()
         if chosen is None or permit is None:
@@ -215,7 +216,7 @@ class Router:
     ) -> Attempt | None:
         """An attempt for a hedge of a call on ``first``: another endpoint of its tier that is
         up, or None. ``budget`` (the hedge budget) is spent only when there is one."""
-        chosen, _ = _round_robin(_members(self._tiers, first.spec.tier), model, first)
+        chosen, _ = _round_robin(_members(self._tiers, first.spec.tier), model, (first,))
         if chosen is None or (budget is not None and not budget.try_spend()):
             return None
         permit = chosen.breaker.try_acquire()
@@ -224,7 +225,7 @@ class Router:
         return self._start(chosen, permit, retry=False, hedge=True)
 
     def _least_down(
-        self, model: str, after: EndpointState | None, tier: int | None
+        self, model: str, avoid: Collection[EndpointState], tier: int | None
     ) -> EndpointState | None:
         """The endpoint that serves ``model`` and should come back first: not the one just
         tried, not one its readiness probe holds down, the lowest tier, the soonest."""
@@ -237,7 +238,7 @@ class Router:
                 if not endpoint.spec.serves(model):
                     continue
                 breaker = endpoint.breaker
-                key = (endpoint is after, breaker.held, number, breaker.open_until)
+                key = (endpoint in avoid, breaker.held, number, breaker.open_until)
                 if best is None or key < best_key:
                     best, best_key = endpoint, key
         return best
@@ -263,17 +264,17 @@ def _members(
 
 
 def _round_robin(
-    members: tuple[EndpointState, ...], model: str, after: EndpointState | None
+    members: tuple[EndpointState, ...], model: str, avoid: Collection[EndpointState]
 ) -> tuple[EndpointState | None, EndpointState | None]:
-    """(the pick among ``members`` that serve ``model`` and are up, other than ``after``;
-    ``after`` when it was up but skipped)."""
+    """(the pick among ``members`` that serve ``model`` and are up, other than those in
+    ``avoid``; one of ``avoid`` when it was up but skipped)."""
     least = math.inf  # the least (outstanding + 1) / weight: the load after taking the call
     skipped: EndpointState | None = None
     for endpoint in members:
         models = endpoint.spec.models
         if (models is not None and model not in models) or not endpoint.breaker.admits():
             continue
-        if endpoint is after:
+        if endpoint in avoid:
             skipped = endpoint
             continue
         load = (endpoint.outstanding + 1) / endpoint.spec.weight
@@ -288,7 +289,7 @@ def _round_robin(
         models = endpoint.spec.models
         if (
             endpoint.outstanding / weight > least
-            or endpoint is after
+            or endpoint in avoid
             or (models is not None and model not in models)
             or not endpoint.breaker.admits()
         ):
