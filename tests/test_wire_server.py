@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import ssl
 import threading
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -227,6 +229,23 @@ async def test_a_chunked_body_is_read() -> None:
     assert app.seen[0].header(b"transfer-encoding") == b"chunked"
 
 
+async def test_a_request_sent_while_another_is_handled_waits_for_its_answer() -> None:
+    app = TestApp()
+    async with serving(app) as server:
+        reader, writer = await connect(server)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.wait_for(app.started.wait(), 5)
+        writer.write(post(b"/next", b"queued"))
+        await asyncio.sleep(0.05)
+        assert app.paths() == ["/slow"]
+        app.release.set()
+        assert (await read_response(reader))[::2] == (200, b"")
+        assert (await read_response(reader))[::2] == (200, b"queued")
+        writer.write(post(b"/third", b"read again"))
+        assert (await read_response(reader))[::2] == (200, b"read again")
+    assert app.paths() == ["/slow", "/next", "/third"]
+
+
 async def test_a_request_after_a_chunked_body_in_the_same_read_closes_the_connection() -> None:
     app = TestApp()
     async with serving(app) as server:
@@ -303,6 +322,27 @@ async def test_an_upgrade_without_a_body_is_answered_as_http_11_and_closed() -> 
         status, headers, _ = await read_response(reader)
         assert (status, headers[b"connection"]) == (200, b"close")
         assert await closed(reader, writer)
+
+
+async def test_answers_without_content_carry_no_length() -> None:
+    class NoContent:
+        async def handle(self, request: Request) -> Response:
+            return Response(204, [(b"content-length", b"99")], b"ignored")
+
+    async with serving(NoContent()) as server:
+        reader, writer = await connect(server)
+        writer.write(b"DELETE /x HTTP/1.1\r\nHost: t\r\n\r\nGET /y HTTP/1.1\r\nHost: t\r\n\r\n")
+        for _ in range(2):
+            status, headers, _ = await read_response(reader, head=True)
+            assert status == 204 and b"content-length" not in headers
+
+
+def test_limits_name_their_settings() -> None:
+    with pytest.raises(ValueError, match="RERANKER_MAX_HEADER_BYTES must be positive"):
+        ServerLimits(max_header_bytes=0)
+    with pytest.raises(ValueError, match="RERANKER_MAX_BUFFERED_BODY_BYTES"):
+        ServerLimits(max_body_bytes=2048, max_buffered_body_bytes=1024)
+    assert ServerLimits(settings_prefix="X_").setting("body_timeout_s") == "X_BODY_TIMEOUT_S"
 
 
 SECOND = b"GET /second HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -467,6 +507,23 @@ async def test_a_declared_body_over_the_limit_is_413_at_once() -> None:
         assert status == 413
         assert body == b"body: larger than 1000 bytes (RERANKER_MAX_BODY_BYTES)"
         assert await closed(reader, writer)
+
+
+async def test_a_refused_connection_lingers_half_closed_until_its_client_leaves() -> None:
+    """Closing a socket with unread bytes resets it, and the reset can destroy the answer:
+    after a refusal the server half-closes, drops what the client still sends, and closes
+    once the client does."""
+    app = TestApp()
+    async with serving(app, ServerLimits(max_body_bytes=1000)) as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n")
+        assert (await read_response(reader))[0] == 413
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert server.open_connections == 1
+        writer.write(b"x" * 5000)
+        await writer.drain()
+        writer.close()
+        await until(lambda: server.open_connections == 0)
 
 
 async def test_a_chunked_body_over_the_limit_is_413_once_it_passes_it() -> None:
@@ -747,9 +804,31 @@ async def test_silent_connections_to_the_tls_port_count_and_time_out(
         writer.write(b"GET /probe HTTP/1.1\r\nHost: t\r\n\r\n")
         assert (await read_response(reader))[0] == 200
         assert server.displaced == 1
-        for silent_reader, _ in silent:
-            assert await closed(silent_reader)
+        for silent_reader, silent_writer in silent:
+            assert await closed(silent_reader, silent_writer)
         assert server.header_timeouts >= 2
+
+
+async def test_handshakes_displaced_before_they_begin_leave_nothing_open(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_context, client_context = tls
+    app = TestApp()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        async with serving(app, ServerLimits(max_connections=1), server_context) as server:
+            # Accepted back to back: each displaces the one before, whose handshake has not
+            # begun.
+            silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
+            await until(lambda: server.displaced == 4)
+            await until(lambda: server.open_connections == 1)
+            reader, writer = await connect(server, client_context)
+            writer.write(b"GET /probe HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert (await read_response(reader))[0] == 200
+            for sock in silent:
+                sock.close()
+        gc.collect()
+    assert [str(warning.message) for warning in caught] == []
 
 
 def test_tls_under_uvloop(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:

@@ -25,6 +25,7 @@ left: the connection closes and a request being handled is cancelled.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -237,6 +238,7 @@ class ServerConnection(asyncio.Protocol):
         self._wait()
         self._set_deadline(self._limits.header_timeout_s)
         self._handshake = self._loop.create_task(self._shake_hands(sock, context))
+        self._handshake.add_done_callback(functools.partial(self._handshake_over, sock))
 
     async def _shake_hands(self, sock: socket.socket, context: ssl.SSLContext) -> None:
         # connect_accepted_socket rather than start_tls on a plain transport: uvloop starts
@@ -249,13 +251,14 @@ class ServerConnection(asyncio.Protocol):
                 ssl=context,
                 ssl_handshake_timeout=self._limits.header_timeout_s,
             )
-        except (asyncio.CancelledError, Exception) as error:
-            if self._transport is None:  # connection_made never came: nothing else cleans up
-                self._forget()
-                sock.close()  # a no-op if the transport closed it already
-            if isinstance(error, asyncio.CancelledError):
-                raise
+        except Exception as error:
             log.debug("TLS handshake with %s failed: %r", self._client, error)
+
+    def _handshake_over(self, sock: socket.socket, _: asyncio.Task[None]) -> None:
+        # A done callback, so that it runs even when the task is cancelled before it starts.
+        if self._transport is None:  # connection_made never came: nothing else cleans up
+            self._forget()
+            sock.close()  # a no-op if the transport closed it already
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A transport, though uvloop's TLS one does not derive from asyncio.Transport.
@@ -781,7 +784,9 @@ class ServerConnection(asyncio.Protocol):
             self._phase = _HEAD
             self._set_deadline(self._limits.header_timeout_s)
             self._consume(held[0] if len(held) == 1 else b"".join(held))
-            if not self._held and (self._phase == _HEAD or self._phase == _BODY):
+            # Read on unless bytes are held again, or the connection is to close (then what
+            # the client sends next is not wanted): a disconnect is then seen at once.
+            if not self._held and self._keep_alive and self._phase != _CLOSING:
                 self._resume_reading()
         else:
             self._phase = _IDLE
