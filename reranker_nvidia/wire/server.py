@@ -27,8 +27,9 @@ log = logging.getLogger("reranker_nvidia.http")
 BACKLOG = 2048
 # After a stop's grace: the time the app is given to answer the requests it cut short.
 STOP_ANSWER_S = 2.0
-# Errors of accept() that say the process (or the system) is out of something: wait, retry.
-_ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# Errors of accept() about one connection only (it went away before it was accepted): the
+# next is accepted at once. After any other (out of files, of memory...) accepting pauses.
+_ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPERM}
 _ACCEPT_RETRY_S = 0.5
 
 
@@ -135,10 +136,10 @@ class HttpServer:
             try:
                 sock, _ = await loop.sock_accept(listener)
             except OSError as error:
-                if error.errno in _ACCEPT_EXHAUSTED:
+                if error.errno not in _ACCEPT_TRANSIENT:
                     log.warning("accepting a connection failed (%s); retrying shortly", error)
                     await asyncio.sleep(_ACCEPT_RETRY_S)
-                continue  # otherwise the connection was aborted before it was accepted
+                continue
             ServerConnection(self._state).start_tls(sock, context)
 
     async def stop(self, grace_s: float) -> None:

@@ -13,8 +13,12 @@ How bytes reach the parser, so that every bound holds before anything is buffere
   the same read would begin mid-feed, uncounted, so the connection is instead closed after the
   chunked request's answer (a pipelining client retries what was not answered, as it must).
 - Bytes that arrive while the app handles a request, or while an answer waits to be written, are
-  held and reading pauses: one request at a time, answered in order, memory bounded.
+  held and reading pauses: one request at a time, answered in order, memory bounded. (While
+  reading is paused, a pipelining client's disconnect is seen only once its answer is written.)
 - Request bodies in memory across all connections are bounded (``max_buffered_body_bytes``).
+- After a refusal nothing more is parsed: the answer is written, the connection half-closed, and
+  what the client still sends dropped (up to ``LINGER_DISCARD_BYTES``) until it closes, or for
+  ``LINGER_S`` at most.
 
 An ``Upgrade`` (h2c, websocket) or ``CONNECT`` is not supported: such a request without a body is
 answered as a plain HTTP/1.1 request and its connection closed (what follows would be the other
