@@ -42,7 +42,8 @@ class Request:
     query: bytes
     """Without the "?"."""
     headers: list[tuple[bytes, bytes]]
-    """Names lower-cased, values as sent (without surrounding whitespace), in order received."""
+    """Names lower-cased, values as sent (the parser drops the whitespace before a value, not
+    after it), in the order received. Trailers of a chunked body are not among them."""
     body: bytes
     http_version: str
     """"1.1" or "1.0"."""
