@@ -110,6 +110,23 @@ def test_a_property_in_both_maps_is_refused() -> None:
         hit_from_proto(message, ["blob"])
 
 
+class FakeMethod:
+    """A unary method as grpc's channel gives it: callable, and ``with_call`` for the answer
+    with its call (no trailing metadata here)."""
+
+    def __init__(self, call: Callable[..., Any]) -> None:
+        self.call = call
+
+    def __call__(self, request: Any, **options: Any) -> Any:
+        return self.call(request, **options)
+
+    def with_call(self, request: Any, **options: Any) -> tuple[Any, Any]:
+        return self.call(request, **options), self
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+
 class FakeChannel:
     """A channel whose calls serialise the request, record it, and answer ``respond(request)``."""
 
@@ -119,13 +136,13 @@ class FakeChannel:
 
     def unary_unary(
         self, method: str, request_serializer: Any, response_deserializer: Any, **_: Any
-    ) -> Callable[..., Any]:
+    ) -> Any:
         def call(request: Any, metadata: Any = None, timeout: Any = None) -> Any:
             sent = pb.RankRequest.FromString(request_serializer(request))
             self.sent.append(sent)
             return response_deserializer(self.respond(sent).SerializeToString())
 
-        return call
+        return FakeMethod(call)
 
     def close(self) -> None:
         pass
@@ -169,13 +186,25 @@ def test_text_only_calls_send_what_they_always_sent() -> None:
 
 def test_the_async_client_sends_images_alike() -> None:
     class AsyncChannel(FakeChannel):
-        def unary_unary(self, *args: Any, **kwargs: Any) -> Callable[..., Any]:
-            call = super().unary_unary(*args, **kwargs)
+        def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
+            method = super().unary_unary(*args, **kwargs)
 
-            async def wrapped(request: Any, **options: Any) -> Any:
-                return call(request, **options)
+            class AsyncCall:
+                """What grpc.aio's method returns: awaitable, with trailing metadata."""
 
-            return wrapped
+                def __init__(self, request: Any, options: Any) -> None:
+                    self.answer = method(request, **options)
+
+                def __await__(self) -> Any:
+                    async def answer() -> Any:
+                        return self.answer
+
+                    return answer().__await__()
+
+                async def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+                    return ()
+
+            return lambda request, **options: AsyncCall(request, options)
 
         async def close(self, grace: float | None = None) -> None:  # type: ignore[override]
             pass

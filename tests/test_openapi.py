@@ -19,6 +19,7 @@ ROUTES = {
     ("post", "/v1/retrieval/{org}/{model}/reranking"),
     ("get", "/v1/models"),
     ("get", "/metrics"),
+    ("get", "/health/endpoints"),
     ("post", "/v1/rerank"),
     ("post", "/v2/rerank"),
 }

@@ -249,7 +249,7 @@ async def test_unreachable_upstream_is_unavailable(make_ranker: RankerFactory) -
 async def test_slow_upstream_is_deadline_exceeded(
     make_ranker: RankerFactory, emulator: Emulator
 ) -> None:
-    emulator.state.faults.append(Fault(200, {"rankings": []}, delay_s=2.0))
+    emulator.state.faults.append(Fault(200, {"rankings": []}, delay_s=2.0, for_query=QUERY))
     with pytest.raises(RerankError) as raised:
         await make_ranker(upstream_timeout_s=0.2).rank(QUERY, ["a"], surface="grpc")
     assert raised.value.code is ErrorCode.DEADLINE_EXCEEDED
