@@ -117,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from reranker_nvidia.core.upstream.table import EndpointTableError
-    from reranker_nvidia.server.asgi import raise_file_limit
     from reranker_nvidia.server.assembly import build_core
+    from reranker_nvidia.server.files import raise_file_limit
     from reranker_nvidia.server.sidecar import SidecarServer
 
     raise_file_limit()

@@ -88,5 +88,7 @@ def test_json_log_format_makes_every_line_json(clean_env: dict[str, str]) -> Non
     assert process.returncode == 0
     entries = [json.loads(line) for line in [*lines, *rest.splitlines()] if line.strip()]
     assert {"time", "level", "logger", "message", "request_id"} <= set(entries[0])
-    assert any(entry["logger"].startswith("uvicorn") for entry in entries), "uvicorn's lines too"
+    summary = next(entry for entry in entries if "serving HTTP on" in entry["message"])
+    assert summary["logger"] == "reranker_nvidia.server"
+    assert "\n  model " in summary["message"], "the start-up block stays one entry"
     assert entries[-1]["message"] == "stopped"

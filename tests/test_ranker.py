@@ -249,9 +249,11 @@ async def test_unreachable_upstream_is_unavailable(make_ranker: RankerFactory) -
 async def test_slow_upstream_is_deadline_exceeded(
     make_ranker: RankerFactory, emulator: Emulator
 ) -> None:
-    emulator.state.faults.append(Fault(200, {"rankings": []}, delay_s=2.0, for_query=QUERY))
+    # A query of its own: a late call of an earlier test must not take this fault.
+    query = "which way is slow"
+    emulator.state.faults.append(Fault(200, {"rankings": []}, delay_s=2.0, for_query=query))
     with pytest.raises(RerankError) as raised:
-        await make_ranker(upstream_timeout_s=0.2).rank(QUERY, ["a"], surface="grpc")
+        await make_ranker(upstream_timeout_s=0.2).rank(query, ["a"], surface="grpc")
     assert raised.value.code is ErrorCode.DEADLINE_EXCEEDED
     assert "within 0.2 s" in raised.value.message
 

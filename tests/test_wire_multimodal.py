@@ -75,8 +75,7 @@ def test_an_image_request_is_ranked_as_its_client_expects(
     body = request.json()
     carries_images = "passages" in body and any("image" in p for p in body["passages"])
     answer = replay(sidecar.server.http_port, request.raw)
-    if carries_images and "model" in body:
-        model = body["model"]
+    model = body.get("model") or model
     text_only = model != VL_MODEL
     if text_only and carries_images:
         # A text-only model takes no images: refused before anything is sent.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 
 import grpc
 from grpc import aio as grpc_aio
@@ -13,8 +14,8 @@ from grpc_reflection.v1alpha import reflection
 
 from reranker_nvidia.rpc.auth import TokenInterceptor
 from reranker_nvidia.rpc.service import RerankerService, add_to_server
-from reranker_nvidia.server.asgi import AsgiServer, ConnectionLimits, default_max_connections
 from reranker_nvidia.server.assembly import Core, build_core
+from reranker_nvidia.server.files import default_max_connections
 from reranker_nvidia.server.meta import describe, endpoint_states, live_meta, served_models
 from reranker_nvidia.server.startup import (
     StartupError,
@@ -25,7 +26,7 @@ from reranker_nvidia.server.startup import (
 from reranker_nvidia.settings import Settings
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.web.app import create_http_app
-from reranker_nvidia.web.guard import RequestsInFlight
+from reranker_nvidia.wire import HttpServer, ServerLimits
 
 log = logging.getLogger("reranker_nvidia.server")
 
@@ -43,32 +44,33 @@ class SidecarServer:
         self.core = core if core is not None else build_core(settings)
         self.meta = describe(settings)
         self._ready = False
-        self._http_requests = RequestsInFlight()
-        self._http = AsgiServer(
+        self._http = HttpServer(
             create_http_app(
                 ranker=self.core.ranker,
                 metrics=self.core.metrics,
                 possible_joiner=self.core.coalescer.possible_joiner,
                 is_ready=lambda: self._ready,
-                in_flight=self._http_requests,
                 describe=live_meta(self.meta, settings, self.core.router.endpoints),
                 endpoint_states=lambda: endpoint_states(self.core.router.endpoints),
                 models=served_models(settings),
                 contract_truncate=settings.truncate or "END",
-                max_body_bytes=settings.max_body_bytes,
-                body_timeout_s=settings.body_timeout_s,
                 auth_token=settings.auth_token.get_secret_value() if settings.auth_token else None,
             ),
             settings.host,
             settings.http_port,
-            log_level=settings.log_level,
-            tls_cert=settings.tls_cert,
-            tls_key=settings.tls_key,
-            limits=ConnectionLimits(
+            limits=ServerLimits(
                 header_timeout_s=settings.header_timeout_s,
                 keep_alive_timeout_s=settings.keep_alive_timeout_s,
+                body_timeout_s=settings.body_timeout_s,
                 max_connections=settings.max_connections or default_max_connections(),
+                max_header_bytes=settings.max_header_bytes,
+                max_url_bytes=settings.max_url_bytes,
+                max_body_bytes=settings.max_body_bytes,
+                max_buffered_body_bytes=max(
+                    settings.max_buffered_body_bytes, settings.max_body_bytes
+                ),
             ),
+            ssl_context=_tls_context(settings),
         )
         self._grpc: grpc_aio.Server | None = None
         # grpc_health-stubs predate the public `health.aio` module.
@@ -193,7 +195,6 @@ class SidecarServer:
     async def close(self) -> None:
         """Stop both servers and let go of NIM connections. Requests still running are
         answered 503 and get a moment to write it."""
-        self._http_requests.stop_all()
         if self._grpc is not None:
             await asyncio.gather(self._grpc.stop(1.0), self._http.stop(1.0))
         await self.core.aclose()
@@ -209,6 +210,16 @@ class SidecarServer:
         log.info("draining: no new requests; waiting for those in flight")
         await self.stop()
         log.info("stopped")
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTP server's TLS context (HTTP/1.1 only), when a certificate is configured."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -1,8 +1,8 @@
-"""The HTTP application: every HTTP contract's router on one FastAPI app, behind the guard."""
+"""The HTTP application: the front every request goes through, the ranking routes it answers
+from the wire, and a FastAPI app for everything else (docs, OpenAPI, metrics, meta, models)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -11,43 +11,26 @@ from fastapi import FastAPI, Response
 from fastapi.responses import PlainTextResponse
 
 from reranker_nvidia import __version__
-from reranker_nvidia.core import CONTENT_TYPE, Metrics, Ranker, request_id
-from reranker_nvidia.web.body import document_request_bodies
-from reranker_nvidia.web.cohere import RerankRequest, cohere_router
+from reranker_nvidia.core import CONTENT_TYPE, Metrics, Ranker
+from reranker_nvidia.web.cohere import PATHS as COHERE_PATHS
+from reranker_nvidia.web.cohere import RerankRequest, cohere_rerank, cohere_router
 from reranker_nvidia.web.docs import add_offline_docs
-from reranker_nvidia.web.errors import contract_of, install_error_handlers
-from reranker_nvidia.web.guard import HttpGuard, RequestsInFlight
-from reranker_nvidia.web.nim import NimRankingRequest, nim_router
-from reranker_nvidia.web.weaviate import WeaviateRerankRequest, weaviate_router
-
-# Probes and scrapes come every few seconds: counted in the metrics, not logged.
-QUIET_PATHS = frozenset({"/.well-known/live", "/.well-known/ready", "/metrics"})
-
-access_log = logging.getLogger("reranker_nvidia.access")
-
-
-def _observer(metrics: Metrics) -> Callable[[str, str, int, float], None]:
-    def observe(method: str, path: str, status: int, seconds: float) -> None:
-        contract = contract_of(path)
-        metrics.observe_request(contract, str(status), seconds)
-        if path not in QUIET_PATHS:
-            access_log.info(
-                "%s %s %d %.1f ms",
-                method,
-                path,
-                status,
-                seconds * 1000,
-                extra={
-                    "method": method,
-                    "path": path,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "surface": contract,
-                    "request_id": request_id.get(),
-                },
-            )
-
-    return observe
+from reranker_nvidia.web.errors import install_error_handlers
+from reranker_nvidia.web.front import HttpFront, access_observer
+from reranker_nvidia.web.nim import (
+    RANKING_PATH,
+    WEAVIATE_PATH,
+    NimRankingRequest,
+    nim_rank,
+    nim_router,
+)
+from reranker_nvidia.web.routes import HotRoutes, document_request_bodies
+from reranker_nvidia.web.weaviate import (
+    RERANK_PATH,
+    WeaviateRerankRequest,
+    weaviate_rerank,
+    weaviate_router,
+)
 
 
 def create_http_app(
@@ -56,17 +39,17 @@ def create_http_app(
     metrics: Metrics,
     possible_joiner: Callable[[], AbstractContextManager[None]],
     is_ready: Callable[[], bool],
-    in_flight: RequestsInFlight,
     describe: Callable[[], dict[str, Any]],
     endpoint_states: Callable[[], list[dict[str, Any]]],
     models: Sequence[str],
     contract_truncate: str,
-    max_body_bytes: int,
-    body_timeout_s: float,
     auth_token: str | None,
-) -> FastAPI:
+) -> HttpFront:
     """``contract_truncate``: what the Weaviate and Cohere contracts send NIM for over-long
     passages (the rerankers they come from cut them); the NIM routes keep NIM's semantics."""
+    weaviate = weaviate_rerank(ranker, contract_truncate)
+    nim = nim_rank(ranker)
+    cohere = cohere_rerank(ranker, contract_truncate)
     app = FastAPI(
         title="reranker-nvidia",
         version=__version__,
@@ -76,9 +59,9 @@ def create_http_app(
     )
     add_offline_docs(app)
     install_error_handlers(app)
-    app.include_router(weaviate_router(ranker, describe, is_ready, contract_truncate))
-    app.include_router(nim_router(ranker, models))
-    app.include_router(cohere_router(ranker, contract_truncate))
+    app.include_router(weaviate_router(weaviate, describe, is_ready))
+    app.include_router(nim_router(nim, models))
+    app.include_router(cohere_router(cohere))
     document_request_bodies(app, [WeaviateRerankRequest, NimRankingRequest, RerankRequest])
 
     @app.get(
@@ -94,13 +77,19 @@ def create_http_app(
     async def health_endpoints() -> dict[str, Any]:
         return {"endpoints": endpoint_states()}
 
-    app.add_middleware(
-        HttpGuard,
-        max_body_bytes=max_body_bytes,
-        body_timeout_s=body_timeout_s,
-        in_flight=in_flight,
-        auth_token=auth_token,
-        possible_joiner=possible_joiner,
-        observe=_observer(metrics),
+    routes = HotRoutes(
+        {
+            RERANK_PATH: weaviate,
+            RANKING_PATH: nim,
+            WEAVIATE_PATH: nim,
+            **dict.fromkeys(COHERE_PATHS, cohere),
+        },
+        retrieval=nim,
     )
-    return app
+    return HttpFront(
+        routes=routes,
+        asgi=app,
+        observe=access_observer(metrics),
+        possible_joiner=possible_joiner,
+        auth_token=auth_token,
+    )

@@ -1,29 +1,47 @@
 """The Cohere/Jina rerank API (``POST /v1/rerank``, ``/v2/rerank``), the de facto standard
-that LiteLLM's proxy, LibreChat, Dify and vLLM speak."""
+that LiteLLM's proxy, LibreChat, Dify and vLLM speak.
+
+A document is a string, ``{"text": ...}``, or, as Jina's multimodal rerank API takes it, an
+object with an ``image`` (a data URL or bare base64), with or without text.
+"""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from reranker_nvidia.core import Ranker
-from reranker_nvidia.web.body import json_response, read_body, request_body_schema
-from reranker_nvidia.web.options import (
-    header_options,
-    request_budget,
-    with_example,
+from reranker_nvidia.core import ImageBudget, ImagePassage, Passage, Ranker, parse_image
+from reranker_nvidia.web.json_body import (
+    Json,
+    array,
+    count,
+    field_error,
+    flag,
+    optional_string,
+    parse_object,
+    required,
+    string,
 )
+from reranker_nvidia.web.options import header_options, request_budget, with_example
+from reranker_nvidia.web.responses import json_response
+from reranker_nvidia.web.routes import Handler, document_route
+from reranker_nvidia.wire import Request, Response
 
 # Cohere bills one search unit per query with up to 100 documents.
 DOCUMENTS_PER_SEARCH_UNIT = 100
 COHERE_MODEL_PREFIX = "rerank-"
+PATHS = ("/v1/rerank", "/v2/rerank")
 
 
 class RerankDocument(BaseModel):
-    text: str
+    text: str | None = None
+    image: str | None = Field(
+        default=None, description="An image: a data URL or bare base64 (PNG, JPEG, ...)."
+    )
 
 
 class RerankRequest(BaseModel):
@@ -39,10 +57,12 @@ class RerankRequest(BaseModel):
 
     model: str | None = Field(default=None, description="NIM model id; default: the server's.")
     query: str
-    documents: list[str | RerankDocument] = Field(description="Strings or {'text': ...}.")
+    documents: list[str | RerankDocument] = Field(
+        description="Strings, {'text': ...}, or {'image': ...} with or without text."
+    )
     top_n: int | None = Field(default=None, ge=1, description="Return only the best top_n.")
     return_documents: bool = Field(
-        default=False, description="Echo each document's text (Cohere's default: false)."
+        default=False, description="Echo each document (Cohere's default: false)."
     )
     max_tokens_per_doc: int | None = Field(
         default=None, ge=1, description="Accepted for Cohere v2; over-long documents are cut."
@@ -51,7 +71,7 @@ class RerankRequest(BaseModel):
 
 class RerankResult(BaseModel):
     index: int
-    relevance_score: float = Field(description="NIM's logit: unnormalised, may be negative.")
+    relevance_score: float = Field(description="NIM's logit (RERANKER_SCORE_SCALE decides).")
     document: RerankDocument | None = None
 
 
@@ -86,30 +106,70 @@ def nim_model(model: str | None) -> str | None:
     return None
 
 
-def cohere_router(ranker: Ranker, truncate: str) -> APIRouter:
+def documents_of(items: list[Any], images: ImageBudget) -> list[Passage]:
+    """The documents as passages."""
+    passages: list[Passage] = []
+    for index, item in enumerate(items):
+        if isinstance(item, str):
+            passages.append(item)
+            continue
+        where = f"documents.{index}"
+        if not isinstance(item, dict):
+            raise field_error(where, "Input should be a valid string or object")
+        text = optional_string(item.get("text"), f"{where}.text")
+        image = item.get("image")
+        if image is None:
+            if text is None:
+                raise field_error(f"{where}.text", "Field required (or an image)")
+            passages.append(text)
+            continue
+        found = parse_image(string(image, f"{where}.image"), f"{where}.image", images)
+        passages.append(ImagePassage(text or "", found))
+    return passages
+
+
+def echo(item: Any) -> Json:
+    """A document as ``return_documents`` gives it back."""
+    if isinstance(item, str):
+        return {"text": item}
+    echoed: Json = {}
+    if item.get("text") or item.get("image") is None:
+        echoed["text"] = item.get("text") or ""
+    if item.get("image") is not None:
+        echoed["image"] = item["image"]
+    return echoed
+
+
+def cohere_rerank(ranker: Ranker, truncate: str) -> Handler:
     """``truncate``: what NIM does with an over-long document unless the request says
     ``max_tokens_per_doc`` (then END); Cohere itself truncates."""
-    router = APIRouter(tags=["Cohere/Jina rerank API"])
 
-    async def rerank(request: Request) -> Response:
-        body = await read_body(request, RerankRequest)
-        texts = [doc if isinstance(doc, str) else doc.text for doc in body.documents]
+    async def rerank(request: Request, path: str) -> Response:
+        body = parse_object(request.body)
+        query = string(required(body, "query"), "query")
+        images = ranker.image_budget()
+        items = array(required(body, "documents"), "documents")
+        passages = documents_of(items, images)
+        top_n = count(body.get("top_n"), "top_n")
+        cut = count(body.get("max_tokens_per_doc"), "max_tokens_per_doc") is not None
         ranking = await ranker.rank(
-            body.query,
-            texts,
+            query,
+            passages,
             replace(
                 header_options(request),
-                model=nim_model(body.model),
-                truncate="END" if body.max_tokens_per_doc is not None else truncate,
+                model=nim_model(optional_string(body.get("model"), "model")),
+                truncate="END" if cut else truncate,
             ),
             surface="cohere",
-            top_n=body.top_n,
+            top_n=top_n,
             budget_s=request_budget(request),
+            images=images,
         )
         scores = ranking.scores
-        if body.return_documents:
+        results: list[dict[str, Any]]
+        if flag(body.get("return_documents"), "return_documents"):
             results = [
-                {"index": i, "relevance_score": scores[i], "document": {"text": texts[i]}}
+                {"index": i, "relevance_score": scores[i], "document": echo(items[i])}
                 for i in ranking.order()
             ]
         else:
@@ -121,7 +181,7 @@ def cohere_router(ranker: Ranker, truncate: str) -> APIRouter:
                 "results": results,
                 "meta": {
                     "billed_units": {
-                        "search_units": max(1, -(-len(texts) // DOCUMENTS_PER_SEARCH_UNIT))
+                        "search_units": max(1, -(-len(passages) // DOCUMENTS_PER_SEARCH_UNIT))
                     }
                 },
                 "usage": {"total_tokens": ranking.usage.total_tokens},
@@ -129,13 +189,18 @@ def cohere_router(ranker: Ranker, truncate: str) -> APIRouter:
             fallback=ranking.fallback,
         )
 
-    for path in ("/v1/rerank", "/v2/rerank"):
-        router.add_api_route(
+    return rerank
+
+
+def cohere_router(rerank: Handler) -> APIRouter:
+    router = APIRouter(tags=["Cohere/Jina rerank API"])
+    for path in PATHS:
+        document_route(
+            router,
             path,
             rerank,
-            methods=["POST"],
+            request_model=RerankRequest,
             response_model=RerankResponse,
             summary=f"Rerank documents (Cohere/Jina shape, {path.split('/')[1]})",
-            openapi_extra=request_body_schema(RerankRequest),
         )
     return router

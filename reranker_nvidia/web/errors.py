@@ -1,7 +1,7 @@
 """One error path for every HTTP contract: which contract a path belongs to, the HTTP status
 of a failure, and the shape each contract gives it (``{"error"}`` for Weaviate, ``{"detail"}``
-for NIM, ``{"message"}`` for Cohere). FastAPI's exception handlers and the guard both answer
-through ``error_response``."""
+for NIM, ``{"message"}`` for Cohere). The front (refusals, the ranking routes) and FastAPI's
+exception handlers (every other route) both answer through ``error_parts``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request, Response
+import orjson
+from fastapi import FastAPI, Request
+from fastapi import Response as StarletteResponse
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
+from reranker_nvidia.wire import Response
+
+JSON = (b"content-type", b"application/json")
 
 log = logging.getLogger("reranker_nvidia.http")
 
@@ -60,15 +64,11 @@ def http_status(error: RerankError) -> int:
     return _STATUS[error.code]
 
 
-def retry_headers(error: RerankError) -> dict[str, str]:
-    if error.retry_after_s is None:
-        return {}
-    return {"Retry-After": str(max(1, round(error.retry_after_s)))}
-
-
-def error_response(path: str, error: RerankError, status: int | None = None) -> Response:
-    """``error`` in the shape of the contract ``path`` belongs to, with ``status`` (default:
-    ``http_status(error)``)."""
+def error_parts(
+    path: str, error: RerankError, status: int | None = None
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """``error`` in the shape of the contract ``path`` belongs to: (status, body, headers), with
+    ``status`` (default: ``http_status(error)``)."""
     contract = contract_of(path)
     if status is None:
         # The NIM-compatible routes answer with NIM's own status, a 503 from NIM included.
@@ -87,7 +87,22 @@ def error_response(path: str, error: RerankError, status: int | None = None) -> 
         body = {"message": error.message}
     else:
         body = {"error": error.message}
-    return JSONResponse(body, status_code=status, headers=retry_headers(error))
+    headers = [JSON]
+    if error.retry_after_s is not None:
+        headers.append((b"retry-after", b"%d" % max(1, round(error.retry_after_s))))
+    return status, orjson.dumps(body), headers
+
+
+def error_response(path: str, error: RerankError, status: int | None = None) -> Response:
+    code, body, headers = error_parts(path, error, status)
+    return Response(code, headers, body)
+
+
+def _starlette(path: str, error: RerankError, status: int | None = None) -> StarletteResponse:
+    code, body, headers = error_parts(path, error, status)
+    return StarletteResponse(
+        body, status_code=code, headers={k.decode(): v.decode() for k, v in headers}
+    )
 
 
 def validation_message(errors: Sequence[Any]) -> str:
@@ -108,20 +123,20 @@ def validation_message(errors: Sequence[Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     """Every failure a route raises is answered in its contract's shape."""
 
-    async def rerank_error(request: Request, exc: Exception) -> Response:
+    async def rerank_error(request: Request, exc: Exception) -> StarletteResponse:
         assert isinstance(exc, RerankError)
-        return error_response(request.url.path, exc)
+        return _starlette(request.url.path, exc)
 
-    async def invalid_body(request: Request, exc: Exception) -> Response:
+    async def invalid_body(request: Request, exc: Exception) -> StarletteResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(request.url.path, invalid_argument(validation_message(exc.errors())))
+        return _starlette(request.url.path, invalid_argument(validation_message(exc.errors())))
 
-    async def refused(request: Request, exc: Exception) -> Response:
+    async def refused(request: Request, exc: Exception) -> StarletteResponse:
         # FastAPI's and Starlette's own refusals: a body that is not UTF-8, 404, 405.
         assert isinstance(exc, HTTPException)
         message = f"body: {exc.detail}" if exc.status_code == 400 else str(exc.detail)
         error = RerankError(ErrorCode.INVALID_ARGUMENT, message)
-        return error_response(request.url.path, error, exc.status_code)
+        return _starlette(request.url.path, error, exc.status_code)
 
     handlers: dict[type[Exception], Callable[[Request, Exception], Any]] = {
         RerankError: rerank_error,

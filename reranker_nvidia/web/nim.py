@@ -4,6 +4,11 @@ Weaviate's built-in ``reranker-nvidia`` module posts to ``/v1/retrieval/nvidia/r
 LangChain and LlamaIndex post to ``{base_url}/ranking`` and list ``{base_url}/models``;
 LiteLLM posts to ``/v1/retrieval/{model}/reranking``. Unlike NIM, any number of passages is
 accepted: the core splits them into calls of at most 512.
+
+Passages carry text, an image (a base64 data URL, as NIM takes it), or both; an image-only
+passage's ``"text": ""`` (LangChain sends it) is dropped, as NIM wants. On Weaviate's path,
+a passage whose text is wholly the base64 of an image (a ``blob`` property) is that image when
+the model takes images.
 """
 
 from __future__ import annotations
@@ -12,24 +17,45 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from reranker_nvidia.core import Ranker
-from reranker_nvidia.nim_schema import (
-    NimRankingResponse,
-    NimText,
-    NimTruncate,
+from reranker_nvidia.core import ImageBudget, ImagePassage, Passage, Ranker, parse_image
+from reranker_nvidia.nim_schema import NimRankingResponse, NimText, NimTruncate
+from reranker_nvidia.types import TRUNCATE_VALUES
+from reranker_nvidia.web.json_body import (
+    Json,
+    array,
+    choice,
+    count,
+    field_error,
+    mapping,
+    optional_string,
+    parse_object,
+    required,
+    string,
 )
-from reranker_nvidia.web.body import json_response, read_body, request_body_schema
-from reranker_nvidia.web.options import (
-    header_options,
-    request_budget,
-    with_example,
-)
+from reranker_nvidia.web.options import header_options, request_budget, with_example
+from reranker_nvidia.web.responses import json_response
+from reranker_nvidia.web.routes import Handler, document_route
+from reranker_nvidia.wire import Request, Response
 
-# Hosted NIM's path for its first reranking model carries no model segment.
+# Hosted NIM's path for its first reranking model carries no model segment; Weaviate's module
+# posts there whatever the model.
 LEGACY_PATH_SEGMENT = "nvidia"
+WEAVIATE_PATH = "/v1/retrieval/nvidia/reranking"
+RANKING_PATH = "/v1/ranking"
+_RETRIEVAL = "/v1/retrieval/"
+_RERANKING = "/reranking"
+
+
+class NimPassage(BaseModel):
+    text: str | None = Field(default=None, description="Left out (or empty) beside an image.")
+    image: str | None = Field(
+        default=None,
+        description="A base64 data URL (data:image/png;base64,...): PNG or JPEG, and for some "
+        "models WebP, GIF, BMP or TIFF. URLs are not fetched.",
+    )
 
 
 class NimRankingRequest(BaseModel):
@@ -46,7 +72,7 @@ class NimRankingRequest(BaseModel):
         default=None, description="Model id; else the one in the path; else the default."
     )
     query: NimText
-    passages: list[NimText] = Field(description="Any number: sent to NIM in chunks of 512.")
+    passages: list[NimPassage] = Field(description="Any number: sent to NIM in chunks of 512.")
     truncate: NimTruncate | None = None
     top_k: int | None = Field(default=None, ge=1, description="Return only the best top_k.")
     top_n: int | None = Field(default=None, ge=1, description="Same as top_k.")
@@ -65,30 +91,52 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def nim_router(ranker: Ranker, models: Sequence[str]) -> APIRouter:
-    """``models``: what ``GET /v1/models`` lists, the default first."""
-    router = APIRouter(tags=["NVIDIA NIM ranking API"])
-    model_list = ModelList(
-        data=[
-            ModelCard(
-                id=model, owned_by=model.split("/", 1)[0] if "/" in model else "nvidia", root=model
-            )
-            for model in models
-        ]
-    )
+def passages_of(body: Json, images: ImageBudget) -> list[Passage]:
+    """``passages``: text, or text beside an image, or an image alone."""
+    passages: list[Passage] = []
+    for index, item in enumerate(array(required(body, "passages"), "passages")):
+        where = f"passages.{index}"
+        passage = mapping(item, where)
+        text = optional_string(passage.get("text"), f"{where}.text")
+        image = passage.get("image")
+        if image is None:
+            if text is None:
+                raise field_error(f"{where}.text", "Field required (or an image)")
+            passages.append(text)
+        else:
+            found = parse_image(string(image, f"{where}.image"), f"{where}.image", images)
+            passages.append(ImagePassage(text or "", found))
+    return passages
 
-    async def rank(request: Request, path_model: str | None) -> Response:
-        body = await read_body(request, NimRankingRequest)
-        options = replace(
-            header_options(request), model=body.model or path_model, truncate=body.truncate
-        )
+
+def path_model(path: str) -> str | None:
+    """The model a per-model path names (``/v1/retrieval/{org}/{model}/reranking``, or
+    LiteLLM's ``/v1/retrieval/{model}/reranking``); None for ``/v1/ranking`` and Weaviate's."""
+    if not path.startswith(_RETRIEVAL):
+        return None
+    middle = path[len(_RETRIEVAL) : -len(_RERANKING)]
+    return None if middle == LEGACY_PATH_SEGMENT else middle
+
+
+def nim_rank(ranker: Ranker) -> Handler:
+    async def rank(request: Request, path: str) -> Response:
+        body = parse_object(request.body)
+        query = string(required(mapping(required(body, "query"), "query"), "text"), "query.text")
+        images = ranker.image_budget()
+        passages = passages_of(body, images)
+        model = optional_string(body.get("model"), "model") or path_model(path)
+        truncate = choice(body.get("truncate"), "truncate", TRUNCATE_VALUES)
+        top_k = count(body.get("top_k"), "top_k")
+        top_n = top_k if top_k is not None else count(body.get("top_n"), "top_n")
         ranking = await ranker.rank(
-            body.query.text,
-            [passage.text for passage in body.passages],
-            options,
+            query,
+            passages,
+            replace(header_options(request), model=model, truncate=truncate),
             surface="nim",
-            top_n=body.top_k if body.top_k is not None else body.top_n,
+            top_n=top_n,
             budget_s=request_budget(request),
+            blobs=path == WEAVIATE_PATH,
+            images=images,
         )
         scores = ranking.scores
         usage = ranking.usage
@@ -103,34 +151,36 @@ def nim_router(ranker: Ranker, models: Sequence[str]) -> APIRouter:
             fallback=ranking.fallback,
         )
 
-    body_schema = request_body_schema(NimRankingRequest)
+    return rank
 
-    @router.post(
-        "/v1/ranking",
-        summary="Rank passages (self-hosted NIM's path)",
-        response_model=NimRankingResponse,
-        openapi_extra=body_schema,
-    )
-    async def ranking(request: Request) -> Response:
-        return await rank(request, None)
 
-    @router.post(
-        "/v1/retrieval/{segment}/reranking",
-        summary="Rank passages (hosted NIM's path; also /v1/retrieval/{model}/reranking)",
-        response_model=NimRankingResponse,
-        openapi_extra=body_schema,
+def nim_router(rank: Handler, models: Sequence[str]) -> APIRouter:
+    """``models``: what ``GET /v1/models`` lists, the default first."""
+    router = APIRouter(tags=["NVIDIA NIM ranking API"])
+    model_list = ModelList(
+        data=[
+            ModelCard(
+                id=model, owned_by=model.split("/", 1)[0] if "/" in model else "nvidia", root=model
+            )
+            for model in models
+        ]
     )
-    async def retrieval(segment: str, request: Request) -> Response:
-        return await rank(request, None if segment == LEGACY_PATH_SEGMENT else segment)
-
-    @router.post(
-        "/v1/retrieval/{org}/{model}/reranking",
-        summary="Rank passages with the model named in the path (hosted NIM's per-model path)",
-        response_model=NimRankingResponse,
-        openapi_extra=body_schema,
-    )
-    async def retrieval_model(org: str, model: str, request: Request) -> Response:
-        return await rank(request, f"{org}/{model}")
+    documented = {
+        RANKING_PATH: "Rank passages (self-hosted NIM's path)",
+        "/v1/retrieval/{segment}/reranking": "Rank passages (hosted NIM's path; also "
+        "/v1/retrieval/{model}/reranking)",
+        "/v1/retrieval/{org}/{model}/reranking": "Rank passages with the model named in the "
+        "path (hosted NIM's per-model path)",
+    }
+    for path, summary in documented.items():
+        document_route(
+            router,
+            path,
+            rank,
+            request_model=NimRankingRequest,
+            response_model=NimRankingResponse,
+            summary=summary,
+        )
 
     @router.get(
         "/v1/models",

@@ -1,19 +1,23 @@
-"""What the HTTP contracts read from a request: the key and base URL in its headers, how long
-the caller will wait, and the shared config of their request models."""
+"""What the HTTP contracts read from a request's headers: the key and base URL, and how long the
+caller will wait; and the shared config of their request models (for the OpenAPI document)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Request
 from pydantic import ConfigDict
 
 from reranker_nvidia.core import RankOptions, usable_key
 from reranker_nvidia.errors import invalid_argument
+from reranker_nvidia.wire import Request
 
 API_KEY_HEADER = "X-Nvidia-Api-Key"
 BASE_URL_HEADER = "X-Nvidia-Baseurl"
 TIMEOUT_HEADER = "X-Request-Timeout"
+_AUTHORIZATION = b"authorization"
+_API_KEY = API_KEY_HEADER.lower().encode()
+_BASE_URL = BASE_URL_HEADER.lower().encode()
+_TIMEOUT = TIMEOUT_HEADER.lower().encode()
 
 
 def with_example(example: dict[str, Any]) -> ConfigDict:
@@ -28,16 +32,25 @@ def header_options(request: Request) -> RankOptions:
     The key is ``Authorization: Bearer <key>`` (how NIM, Cohere and Weaviate's built-in
     module send it), else ``X-Nvidia-Api-Key`` (how Weaviate names it on its own API).
     """
+    key = None
+    base_url = None
+    authorization = None
+    for name, value in request.headers:
+        if name == _AUTHORIZATION and authorization is None:
+            authorization = value
+        elif name == _API_KEY and key is None:
+            key = value
+        elif name == _BASE_URL and base_url is None:
+            base_url = value
     return RankOptions(
-        api_key=usable_key(_bearer_token(request.headers.get("authorization")))
-        or usable_key(request.headers.get(API_KEY_HEADER)),
-        base_url=request.headers.get(BASE_URL_HEADER),
+        api_key=usable_key(_bearer_token(authorization)) or usable_key(_text(key)),
+        base_url=_text(base_url),
     )
 
 
 def request_budget(request: Request) -> float | None:
     """Seconds the caller will wait (``X-Request-Timeout``), if it said; shrinks the budget."""
-    value = request.headers.get(TIMEOUT_HEADER)
+    value = request.header(_TIMEOUT)
     if value is None:
         return None
     try:
@@ -49,8 +62,12 @@ def request_budget(request: Request) -> float | None:
     return seconds
 
 
-def _bearer_token(authorization: str | None) -> str | None:
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def _bearer_token(authorization: bytes | None) -> str | None:
     if authorization is None:
         return None
-    scheme, _, token = authorization.strip().partition(" ")
+    scheme, _, token = authorization.decode("latin-1").strip().partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
