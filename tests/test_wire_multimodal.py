@@ -49,13 +49,14 @@ def image_of(value: str | None) -> bytes | None:
 
 def sent(body: dict[str, Any], blobs: bool) -> list[tuple[str, bytes | None]]:
     """What each document of the request is: (text, image bytes), as the sidecar reads it."""
+    documents: list[tuple[str, bytes | None]]
     if "documents" in body:
         documents = [(document, None) for document in body["documents"]]
     else:
         documents = [(p.get("text") or "", image_of(p.get("image"))) for p in body["passages"]]
     if not blobs:
         return documents
-    read = []
+    read: list[tuple[str, bytes | None]] = []
     for text, image in documents:
         try:
             decoded = base64.b64decode(text, validate=True) if text else b""
