@@ -181,7 +181,8 @@ async def _slow_clients(rss: RssWatch, sidecar: re.Match[str]) -> int:
         )
         writer.write(head.encode() + half)
         connections.append((reader, writer))
-    await asyncio.gather(*(writer.drain() for _, writer in connections))
+    # Past the bound on bodies in memory a stalled upload is answered 503 and closed at once.
+    await asyncio.gather(*(writer.drain() for _, writer in connections), return_exceptions=True)
     rss_peak = rss.sample()
     probes_ok = 0
     async with httpx.AsyncClient(timeout=5) as http:
@@ -192,11 +193,15 @@ async def _slow_clients(rss: RssWatch, sidecar: re.Match[str]) -> int:
             await asyncio.sleep(0.1)
 
     async def closed_by_sidecar(reader: asyncio.StreamReader) -> bool:
+        """Closed, or reset (a refused upload still sending is reset after its answer): either
+        way the sidecar let go of it; held open past the timeouts, it did not."""
         try:
             while await asyncio.wait_for(reader.read(65536), 10):
                 pass
-        except (asyncio.TimeoutError, ConnectionError):
+        except asyncio.TimeoutError:
             return False
+        except ConnectionError:
+            return True
         return True
 
     closed = sum(await asyncio.gather(*(closed_by_sidecar(reader) for reader, _ in connections)))
