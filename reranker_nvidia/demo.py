@@ -1,9 +1,12 @@
 """``make demo``: the NIM emulator and the sidecar on loopback, one set of hybrid-search hits
-reranked through gRPC and through every HTTP surface. Needs no key and no network."""
+reranked through gRPC and through every HTTP surface, then pictures and text ranked together
+by a vision-language model. Needs no key and no network."""
 
 from __future__ import annotations
 
 import asyncio
+import struct
+import zlib
 from collections.abc import Sequence
 
 import httpx
@@ -13,7 +16,7 @@ from reranker_nvidia.emulator import EmulatorState, create_emulator_app
 from reranker_nvidia.server.asgi import AsgiServer
 from reranker_nvidia.server.sidecar import SidecarServer
 from reranker_nvidia.settings import Settings
-from reranker_nvidia.types import Hit, SearchType
+from reranker_nvidia.types import Document, Hit, SearchType
 
 QUERY = "which trail leads to the summit lake"
 
@@ -46,6 +49,34 @@ HITS = [
     ),
 ]
 TEXTS = [str(hit.properties["content"]) for hit in HITS]
+
+VL_MODEL = "nvidia/llama-nemotron-rerank-vl-1b-v2"
+PICTURE_QUERY = "which picture shows a red square"
+
+
+def square_png(rgb: tuple[int, int, int], size: int = 8) -> bytes:
+    """A PNG of one colour, made here so the demo needs no image file."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    rows = b"".join(b"\x00" + bytes(rgb) * size for _ in range(size))
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+PICTURES = [
+    ("a blue square", Document(image=square_png((0, 0, 255)))),
+    ("a sunny beach (text only)", Document("A photo of a sunny beach.")),
+    ("a red square", Document(image=square_png((255, 0, 0)))),
+]
 
 
 def _print(surface: str, ranked: Sequence[tuple[int, float | None]]) -> None:
@@ -83,6 +114,17 @@ async def _through_every_surface(grpc_target: str, http_url: str) -> None:
         )
 
 
+async def _pictures(grpc_target: str) -> None:
+    """Images and text ranked together by a vision-language model (gRPC ``Rank``)."""
+    async with AsyncRerankerClient(grpc_target) as client:
+        ranked = await client.rank(
+            PICTURE_QUERY, [document for _, document in PICTURES], model=VL_MODEL
+        )
+    print(f'\nImages and text, {VL_MODEL}, query "{PICTURE_QUERY}" (gRPC Rank)')
+    for place, document in enumerate(ranked.documents, 1):
+        print(f"  {place}. {document.score:8.3f}  {PICTURES[document.index][0]}")
+
+
 async def run() -> None:
     emulator = AsgiServer(create_emulator_app(EmulatorState()), "127.0.0.1", 0)
     await emulator.start()
@@ -105,6 +147,7 @@ async def run() -> None:
         await _through_every_surface(
             f"127.0.0.1:{sidecar.grpc_port}", f"http://127.0.0.1:{sidecar.http_port}"
         )
+        await _pictures(f"127.0.0.1:{sidecar.grpc_port}")
     finally:
         await sidecar.stop(grace_s=1)
         await emulator.stop()

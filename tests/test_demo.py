@@ -33,4 +33,6 @@ def test_demo_reranks_through_every_surface() -> None:
         "HTTP POST /v1/rerank (Cohere/Jina)",
     }
     assert all(order[:2] == ["h5", "h2"] for order in orders.values())
+    [pictures] = [lines for name, lines in surfaces.items() if name.startswith("Images")]
+    assert pictures[0].endswith("a red square"), "the red square ranks first"
     assert result.stdout.rstrip().endswith("stopped both")
