@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any, cast
@@ -426,6 +427,55 @@ def test_a_body_nested_within_the_limit_in_a_field_nobody_reads_is_served(
     nested = b"[" * 1_000 + b"]" * 1_000
     response = httpx.post(sidecar.http_url + path, content=NESTED[path] % nested, timeout=30)
     assert response.status_code == 200, response.text
+
+
+ROUTE_PATHS = [
+    ("POST", "/rerank", "error"),
+    ("POST", "/v1/ranking", "detail"),
+    ("POST", "/v1/retrieval/nvidia/llama-3_2-nv-rerankqa-1b-v2/reranking", "detail"),
+    ("POST", "/v2/rerank", "message"),
+    ("GET", "/meta", "error"),
+    ("GET", "/metrics", "error"),
+    ("GET", "/.well-known/ready", "error"),
+]
+
+
+def _raw_exchange(port: int, head: bytes, chunks: int = 64, chunk: bytes = b"") -> bytes:
+    """Send ``head`` and then up to ``chunks`` more pieces while the server still reads; the
+    answer's bytes (the server answers, and stops reading, before the client is done)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        try:
+            connection.sendall(head)
+            for _ in range(chunks):
+                connection.sendall(chunk)
+        except OSError:
+            pass  # refused and closed while still sending: what is tested
+        answer = b""
+        try:
+            while piece := connection.recv(65536):
+                answer += piece
+        except OSError:
+            pass
+        return answer
+
+
+def test_a_huge_header_or_url_is_refused_before_it_is_buffered(
+    sidecar: Sidecar, emulator: Emulator
+) -> None:
+    port = sidecar.server.http_port
+    for method, path, field in ROUTE_PATHS:
+        # A header value of 1 MiB (the engine's own tests show it stops reading at the bound
+        # whatever follows): 431 after the first 32 KiB, in the contract's shape.
+        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nX-Big: ".encode()
+        answer = _raw_exchange(port, head, 1, b"a" * 1024 * 1024)
+        assert answer.startswith(b"HTTP/1.1 431"), (path, answer[:200])
+        assert b"RERANKER_MAX_HEADER_BYTES" in answer
+        assert f'"{field}"'.encode() in answer, (path, answer[-200:])
+        # A URL of 1 MiB likewise: 414.
+        answer = _raw_exchange(port, f"{method} {path}?q=".encode(), 1, b"b" * 1024 * 1024)
+        assert answer.startswith(b"HTTP/1.1 414"), (path, answer[:200])
+        assert b"RERANKER_MAX_URL_BYTES" in answer
+    assert emulator.state.calls == []
 
 
 # 5. A NIM pause is scoped to the (endpoint, key) that was answered, and capped.
