@@ -1,21 +1,28 @@
-"""The Dockerfile and the Weaviate compose file agree with each other and with the settings.
+"""The Dockerfile, the Weaviate compose file and the Kubernetes manifests agree with each other
+and with the settings.
 
-No Docker engine runs here: both files are parsed and checked, and the image's health check
-command is run against a real sidecar.
+No Docker engine or cluster runs here: the files are parsed and checked (the manifests against
+the Kubernetes schemas, the endpoint tables with the sidecar's own loader), and the image's
+health check command is run against a real sidecar.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import pytest
 import yaml
 from pydantic import SecretStr
 
-from reranker_nvidia.settings import Settings
+from reranker_nvidia.core.upstream.table import READY_PATH, EndpointSpec, load_endpoint_table
+from reranker_nvidia.settings import KEY_VARIABLES, Settings
 from tests.conftest import SidecarFactory
 from tests.support import SCRIPT
 
@@ -212,12 +219,161 @@ def test_weaviate_helm_values_point_the_module_at_the_sidecar() -> None:
     ]
 
 
+# What the manifests' Secret holds, as a test may stand it in.
+SECRET_STAND_INS = {"NVIDIA_APIKEY": "nvapi-stand-in", "RERANKER_CACHE_SECRET": "0" * 64}
+
+
+def compose_commands() -> list[tuple[dict[str, str], list[str]]]:
+    """(variables, profiles) of each `docker compose` command the compose file's comments give."""
+    text = (REPO / "docker-compose.weaviate.yml").read_text()
+    comments = "\n".join(
+        line.removeprefix("#").strip() for line in text.splitlines() if line.startswith("#")
+    )
+    commands = []
+    for line in re.sub(r"\\\n", " ", comments).splitlines():
+        if "docker compose" not in line:
+            continue
+        words = shlex.split(line)
+        variables = dict(word.split("=", 1) for word in words[: words.index("docker")])
+        profiles = [words[i + 1] for i, word in enumerate(words) if word == "--profile"]
+        commands.append((variables, profiles))
+    return commands
+
+
+def interpolated(value: str, shell: Mapping[str, str]) -> str:
+    """A compose value with its ${NAME} and ${NAME:-default} replaced as compose does."""
+
+    def replace(match: re.Match[str]) -> str:
+        found = shell.get(match[1], "")
+        return found if found or match[2] is None else match[2]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}", replace, value)
+
+
+def container_environment(service: dict[str, Any], shell: Mapping[str, str]) -> dict[str, str]:
+    """The environment compose gives the service's container, run from ``shell``: a name with
+    no value is passed through when the shell sets it and left out when it does not."""
+    env = {}
+    for name, value in service["environment"].items():
+        if value is None:
+            if name in shell:
+                env[name] = shell[name]
+        else:
+            env[name] = interpolated(str(value), shell)
+    return env
+
+
+def on_host(service: dict[str, Any], container_path: str) -> Path:
+    """The repository file a bind mount of the service shows at ``container_path``."""
+    volumes: list[str] = service.get("volumes", [])
+    for volume in volumes:
+        source, target, *_ = volume.split(":")
+        inside = target.rstrip("/") + "/"
+        if container_path.startswith(inside):
+            return REPO / source / container_path.removeprefix(inside)
+    raise AssertionError(f"{container_path} is on no volume of the service")
+
+
+def settings_of(env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a process started with exactly ``env``'s keys and RERANKER_ variables reads."""
+    for name in os.environ:
+        if name.startswith("RERANKER_") or name in KEY_VARIABLES:
+            monkeypatch.delenv(name)
+    fields = set(Settings.model_fields)
+    for name, value in env.items():
+        if name.startswith("RERANKER_"):
+            assert name.removeprefix("RERANKER_").lower() in fields, f"{name} is no setting"
+        if name.startswith("RERANKER_") or name in KEY_VARIABLES:
+            monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def check_self_hosted_first(specs: tuple[EndpointSpec, ...], model: str) -> EndpointSpec:
+    """Tier 1 a self-hosted NIM polled for readiness, sent no key and serving ``model``; tier 2
+    hosted NIM with the server's key. Returns tier 1."""
+    tiers = {spec.tier: spec for spec in specs}
+    assert len(tiers) == len(specs) == 2, "one endpoint in each of two tiers"
+    local, hosted = tiers[1], tiers[2]
+    assert local.self_hosted and local.health_path == READY_PATH
+    assert local.url.startswith("http://")
+    assert (local.uses_server_key, local.key("server key")) == (False, None), (
+        "the hosted key is not sent to the self-hosted NIM over plain HTTP"
+    )
+    assert local.serves(model), f"tier 1 serves {model}, which requests naming none ask for"
+    assert not hosted.self_hosted and urlsplit(hosted.url).hostname == "ai.api.nvidia.com"
+    assert hosted.uses_server_key and hosted.key("server key") == "server key"
+    assert hosted.models is None, "hosted NIM answers for every model, tier 1's included"
+    return local
+
+
+def test_compose_passes_the_endpoint_table_through_only_when_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unset in the shell, RERANKER_ENDPOINTS_FILE is left out of the container (an empty value
+    would name no file and stop the sidecar), so the plain commands keep RERANKER_BASE_URL."""
+    sidecar = compose()["services"]["reranker-nvidia"]
+    assert "RERANKER_ENDPOINTS_FILE" in sidecar["environment"]
+    assert sidecar["environment"]["RERANKER_ENDPOINTS_FILE"] is None
+    assert all(volume.endswith(":ro") for volume in sidecar["volumes"])
+    plain = [
+        variables
+        for variables, _ in compose_commands()
+        if "RERANKER_ENDPOINTS_FILE" not in variables
+    ]
+    assert len(plain) == 2, "hosted NIM, and the emulator by RERANKER_BASE_URL"
+    for variables in plain:
+        env = container_environment(sidecar, {**variables, "NVIDIA_APIKEY": "nvapi-stand-in"})
+        assert "RERANKER_ENDPOINTS_FILE" not in env
+        settings = settings_of(env, monkeypatch)
+        assert settings.endpoints_file is None
+        assert settings.base_url == variables.get("RERANKER_BASE_URL", "https://ai.api.nvidia.com")
+
+
+def test_compose_tables_put_a_self_hosted_nim_first_and_hosted_nim_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each command of the comments that names a table: the file is in the repository where
+    the mount shows it, the sidecar's own loader takes it, the settings validate, and tier 1
+    is a service of that command's profile on the port it listens on."""
+    services = compose()["services"]
+    sidecar = services["reranker-nvidia"]
+    checked = set()
+    for variables, profiles in compose_commands():
+        if "RERANKER_ENDPOINTS_FILE" not in variables:
+            continue
+        shell = {**variables, "NVIDIA_APIKEY": "nvapi-stand-in"}
+        env = container_environment(sidecar, shell)
+        table = on_host(sidecar, env["RERANKER_ENDPOINTS_FILE"])
+        assert table.is_file(), f"{table} is not in the repository"
+        settings = settings_of({**env, "RERANKER_ENDPOINTS_FILE": str(table)}, monkeypatch)
+        assert settings.endpoints_file == table
+        local = check_self_hosted_first(load_endpoint_table(table, env), settings.model)
+
+        [profile] = profiles
+        in_profile = {name for name, s in services.items() if profile in s.get("profiles", ())}
+        host, port = urlsplit(local.url).hostname, urlsplit(local.url).port
+        assert host in in_profile, f"{local.url} is no service of the {profile} profile"
+        nim = services[host]
+        command = nim.get("command", [])
+        listens = int(command[command.index("--port") + 1]) if "--port" in command else 8000
+        assert port == listens, f"{local.url}: {host} listens on {listens}"
+        if nim["image"].startswith("nvcr.io/nim/"):
+            # NIM's image is named for the one model it runs.
+            model = nim["image"].removeprefix("nvcr.io/nim/").rpartition(":")[0]
+            assert local.models == frozenset({model}) and settings.model == model
+        checked.add((profile, table.name))
+    assert checked == {
+        ("self-hosted-nim", "endpoints.toml"),
+        ("offline", "endpoints-offline.toml"),
+    }
+
+
 def test_compose_offers_self_hosted_nim_as_a_profile() -> None:
     nim = compose()["services"]["nim"]
     assert nim["profiles"] == ["self-hosted-nim"]
     assert nim["image"].startswith("nvcr.io/nim/")
-    text = (REPO / "docker-compose.weaviate.yml").read_text()
-    assert "RERANKER_BASE_URL=http://nim:8000" in text
+    devices = nim["deploy"]["resources"]["reservations"]["devices"]
+    assert ["gpu"] in [device["capabilities"] for device in devices]
 
 
 KUBERNETES = REPO / "deploy/kubernetes"
@@ -231,21 +387,73 @@ def test_every_kubernetes_manifest_validates_against_the_schemas() -> None:
 
     files = sorted(KUBERNETES.glob("*.yaml"))
     resources = [f for f in files if f.name != "kustomization.yaml"]
+    nim = [f for f in sorted(KUBERNETES.glob("nim/*.yaml")) if f.name != "kustomization.yaml"]
     assert {doc["kind"] for f in resources for doc in manifests(f)} >= {
         "Deployment",
         "Service",
         "Secret",
+        "ConfigMap",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
         "StatefulSet",
     }
-    for path in resources:
+    assert {doc["kind"] for f in nim for doc in manifests(f)} == {"Deployment", "Service"}
+    for path in resources + nim:
         for doc in manifests(path):
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     [kustomization] = manifests(KUBERNETES / "kustomization.yaml")
     assert set(kustomization["resources"]) == {
         f.name for f in resources if f.name != "secret.yaml"
     }, "every manifest but the Secret (whose value is the operator's) is applied with -k"
+    [nim_kustomization] = manifests(KUBERNETES / "nim/kustomization.yaml")
+    assert set(nim_kustomization["resources"]) == {f.name for f in nim}
+
+
+def test_kubernetes_endpoint_table_is_the_config_map_mounted_where_the_setting_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [deployment] = manifests(KUBERNETES / "deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert "RERANKER_BASE_URL" not in env, "a table is given: RERANKER_BASE_URL is not used"
+    where = Path(env["RERANKER_ENDPOINTS_FILE"])
+
+    # The ConfigMap mounted as a directory (a subPath mount never sees an edit), read-only, on a
+    # root filesystem that stays read-only.
+    [mount] = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == where.parent]
+    assert mount["readOnly"] is True and "subPath" not in mount
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    [config_map] = manifests(KUBERNETES / "endpoints.yaml")
+    assert config_map["kind"] == "ConfigMap"
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    assert "items" not in volume["configMap"], "every key shows under its own name"
+    table = tmp_path / where.name
+    table.write_text(config_map["data"][where.name])
+
+    [secret] = manifests(KUBERNETES / "secret.yaml")
+    assert {"secretRef": {"name": secret["metadata"]["name"]}} in container["envFrom"]
+    secrets = {name: SECRET_STAND_INS[name] for name in secret["stringData"]}
+    settings = settings_of({**env, **secrets, "RERANKER_ENDPOINTS_FILE": str(table)}, monkeypatch)
+    assert settings.endpoints_file == table and settings.cache_secret is not None
+    local = check_self_hosted_first(load_endpoint_table(table, {**env, **secrets}), settings.model)
+
+    # Tier 1 is the example NIM's Service, whose pods probe the readiness the sidecar polls.
+    service, nim = manifests(KUBERNETES / "nim/nim-reranker.yaml")
+    url = urlsplit(local.url)
+    assert url.hostname == service["metadata"]["name"]
+    [port] = service["spec"]["ports"]
+    assert url.port == port["port"]
+    labels = nim["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    [nim_container] = nim["spec"]["template"]["spec"]["containers"]
+    assert port["targetPort"] in {p["name"] for p in nim_container["ports"]}
+    model = nim_container["image"].removeprefix("nvcr.io/nim/").rpartition(":")[0]
+    assert local.models == frozenset({model}) and settings.model == model
+    assert nim_container["readinessProbe"]["httpGet"]["path"] == local.health_path
+    assert nim_container["startupProbe"]["httpGet"]["path"] == local.health_path
+    assert int(nim_container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
 
 
 def test_the_replicas_share_the_valkey_of_the_manifests() -> None:
