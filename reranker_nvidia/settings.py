@@ -126,6 +126,11 @@ class Settings(BaseSettings):
                 raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
+    @field_validator("endpoints_file", mode="before")
+    @classmethod
+    def _blank_path_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:

@@ -157,7 +157,7 @@ class SidecarServer:
         self._ready = True
         specs = [endpoint.spec for endpoint in self.core.router.endpoints]
         log.info(summary(settings, self.http_port, self.grpc_port, specs))
-        warning = missing_key_warning(settings)
+        warning = missing_key_warning(settings, specs)
         if warning is not None:
             log.warning(warning)
         store = self.core.store

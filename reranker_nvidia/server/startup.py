@@ -125,12 +125,24 @@ def _endpoint_line(spec: EndpointSpec) -> str:
     )
 
 
-def missing_key_warning(settings: Settings) -> str | None:
-    """What to say when no request can succeed without a key of its own."""
-    if settings.api_key is not None or not is_hosted(settings.base_url):
+def missing_key_warning(settings: Settings, endpoints: Sequence[EndpointSpec]) -> str | None:
+    """What to say when requests to hosted NIM cannot succeed without a key of their own: a
+    hosted endpoint would be sent the server key, and there is none."""
+    keyless = [
+        spec.name
+        for spec in endpoints
+        if is_hosted(spec.url) and spec.uses_server_key and settings.api_key is None
+    ]
+    if not keyless:
         return None
+    if settings.endpoints_file is None:
+        return (
+            "no NIM key: NVIDIA_APIKEY is not set, so every request to hosted NIM must bring "
+            "its own (X-Nvidia-Api-Key or Authorization: Bearer; gRPC metadata "
+            "x-nvidia-api-key); " + OFFLINE_HINT
+        )
     return (
-        "no NIM key: NVIDIA_APIKEY is not set, so every request to hosted NIM must bring its "
-        "own (X-Nvidia-Api-Key or Authorization: Bearer; gRPC metadata x-nvidia-api-key); "
-        + OFFLINE_HINT
+        f"no NIM key: NVIDIA_APIKEY is not set, so calls to {', '.join(keyless)} (hosted NIM) "
+        "carry only a key the request brings (X-Nvidia-Api-Key or Authorization: Bearer; "
+        "gRPC metadata x-nvidia-api-key)"
     )
