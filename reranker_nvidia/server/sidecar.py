@@ -15,6 +15,7 @@ from reranker_nvidia.rpc.auth import TokenInterceptor
 from reranker_nvidia.rpc.service import RerankerService, add_to_server
 from reranker_nvidia.server.asgi import AsgiServer, ConnectionLimits, default_max_connections
 from reranker_nvidia.server.assembly import Core, build_core
+from reranker_nvidia.server.grpc_limits import grpc_server_options
 from reranker_nvidia.server.meta import describe, served_models
 from reranker_nvidia.server.startup import (
     StartupError,
@@ -30,7 +31,6 @@ from reranker_nvidia.web.guard import RequestsInFlight
 log = logging.getLogger("reranker_nvidia.server")
 
 GRPC_HEADROOM = 64
-GRPC_MAX_PENDING_CALLS = 10_000
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RerankerService"].full_name
 
 
@@ -103,15 +103,9 @@ class SidecarServer:
             # Past this, gRPC itself answers RESOURCE_EXHAUSTED at once; the headroom above
             # RERANKER_MAX_IN_FLIGHT lets admission answer first and health checks through.
             maximum_concurrent_rpcs=self.settings.max_in_flight + GRPC_HEADROOM,
-            options=[
-                ("grpc.max_receive_message_length", self.settings.max_body_bytes),
-                # gRPC cancels calls queued beyond its pending-call limit before they reach
-                # the service; raised so that a burst is answered by admission instead.
-                ("grpc.server.max_pending_requests", GRPC_MAX_PENDING_CALLS),
-                ("grpc.server.max_pending_requests_hard_limit", 2 * GRPC_MAX_PENDING_CALLS),
-                # A second sidecar on a taken port must fail, not share it and split calls.
-                ("grpc.so_reuseport", 0),
-            ],
+            options=grpc_server_options(
+                self.settings, max_concurrent_rpcs=self.settings.max_in_flight + GRPC_HEADROOM
+            ),
         )
         service = RerankerService(
             ranker=self.core.ranker,
