@@ -10,12 +10,13 @@ channel arguments that bound each of these, from the sidecar's settings;
 ``RequestTimeoutInterceptor`` adds the one bound the channel arguments cannot give (a request
 that never finishes arriving). tests/test_grpc_abuse.py attacks a real sidecar with each.
 
-What the core offers no bound for, and so stays open: a peer that floods frames that need
-no answer, or only an acknowledgement (SETTINGS, WINDOW_UPDATE, PRIORITY, PING
-acknowledgements, unknown frame types), costs CPU in proportion to its bandwidth for as long
-as it keeps reading; many connections that each hold their share of streams with answers
-they never take can still fill ``maximum_concurrent_rpcs`` until the connection age ends
-them. Neither stops the HTTP server or its readiness probe.
+What the core offers no bound for stays open: frames that need no answer or only an
+acknowledgement (SETTINGS, WINDOW_UPDATE, PRIORITY, PING acknowledgements, unknown types)
+cost CPU in proportion to the peer's bandwidth for as long as it reads; a PING flood is sent
+GOAWAY at its third ping, but the pings already on their way are still read and answered;
+and many connections, each holding its share of streams whose answers it never takes, can
+still fill ``maximum_concurrent_rpcs`` until the keepalive (if they stop reading) or the
+connection age ends them. None of these stops the HTTP server or its readiness probe.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc import aio as grpc_aio
 
+from reranker_nvidia.server.asgi import RESERVED_FILES
 from reranker_nvidia.settings import Settings
 
 # Calls queued in gRPC's core before the service asks for them; past it they are cancelled.
@@ -39,8 +41,6 @@ GRPC_MAX_PENDING_CALLS = 10_000
 GRPC_CONNECTION_SHARE = 8
 MIN_GRPC_CONNECTIONS = 16
 MAX_GRPC_CONNECTIONS = 1024
-# Open files kept back for everything but client connections; as server/asgi.py's.
-RESERVED_FILES = 128
 # Every connection is asked to go away after this long (with a tenth of jitter, gRPC's own),
 # so that one holding streams it never lets finish is closed in the end; clients reconnect
 # on their own, which also spreads them again over replicas behind a TCP load balancer.
@@ -116,10 +116,12 @@ def grpc_server_options(
         ("grpc.max_allowed_incoming_connections", grpc_connection_cap(file_limit)),
         # Streams: one connection may not hold more than its share of
         # maximum_concurrent_rpcs, whether its calls wait for a request that never finishes
-        # or for a window that never opens. Overload protection counts a stream until it is
-        # freed, not until it is reset, so a rapid reset (HEADERS then RST_STREAM, over and
-        # over) is refused streams instead of growing memory (without it the cap does not
-        # hold against that attack).
+        # or for a window that never opens (gRPC's default: no limit). Overload protection
+        # counts a stream until gRPC has freed it, not until it is reset, so that a rapid
+        # reset (HEADERS then RST_STREAM, over and over) is refused streams instead of
+        # piling calls up in memory; without it the limit does not hold against that. Its
+        # price: a client keeping the whole limit open may have a few calls refused
+        # (UNAVAILABLE, never processed, safe to retry) while its previous ones are freed.
         (
             "grpc.max_concurrent_streams",
             streams_per_connection(settings.max_in_flight, max_concurrent_rpcs),
