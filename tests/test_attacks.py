@@ -559,7 +559,11 @@ async def test_a_grpc_burst_is_answered_by_admission(
             return grpc.StatusCode.OK
 
         codes = await asyncio.gather(*(call(i) for i in range(2000)))
-    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    answered = {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    # Past the streams one connection may hold (server/grpc_limits.py) the client queues its
+    # calls; a call gRPC refused a stream for, never processed, is UNAVAILABLE (safe to retry).
+    assert answered <= set(codes) <= answered | {grpc.StatusCode.UNAVAILABLE}
+    assert codes.count(grpc.StatusCode.UNAVAILABLE) < len(codes) // 10
 
 
 def test_requests_running_when_the_drain_ends_get_a_json_503(

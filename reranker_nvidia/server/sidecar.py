@@ -16,6 +16,11 @@ from reranker_nvidia.rpc.auth import TokenInterceptor
 from reranker_nvidia.rpc.service import RerankerService, add_to_server
 from reranker_nvidia.server.assembly import Core, build_core
 from reranker_nvidia.server.files import default_max_connections
+from reranker_nvidia.server.grpc_limits import (
+    RequestTimeoutInterceptor,
+    grpc_connection_cap,
+    grpc_server_options,
+)
 from reranker_nvidia.server.meta import describe, endpoint_states, live_meta, served_models
 from reranker_nvidia.server.startup import (
     StartupError,
@@ -31,7 +36,6 @@ from reranker_nvidia.wire import HttpServer, ServerLimits
 log = logging.getLogger("reranker_nvidia.server")
 
 GRPC_HEADROOM = 64
-GRPC_MAX_PENDING_CALLS = 10_000
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RerankerService"].full_name
 
 
@@ -62,7 +66,9 @@ class SidecarServer:
                 header_timeout_s=settings.header_timeout_s,
                 keep_alive_timeout_s=settings.keep_alive_timeout_s,
                 body_timeout_s=settings.body_timeout_s,
-                max_connections=settings.max_connections or default_max_connections(),
+                # What the open files leave once gRPC's own connection cap is taken out.
+                max_connections=settings.max_connections
+                or max(32, default_max_connections() - grpc_connection_cap()),
                 max_header_bytes=settings.max_header_bytes,
                 max_url_bytes=settings.max_url_bytes,
                 max_body_bytes=settings.max_body_bytes,
@@ -101,20 +107,21 @@ class SidecarServer:
                 ) from None
         # A grpc.aio server belongs to the loop it is created in: create it in the serving loop.
         token = settings.auth_token
+        # A request that never finishes arriving is ended, as an HTTP body is (408); the
+        # caller token is checked before any method runs.
+        interceptors: list[grpc_aio.ServerInterceptor] = [  # type: ignore[type-arg]
+            RequestTimeoutInterceptor(settings.body_timeout_s)
+        ]
+        if token:
+            interceptors.append(TokenInterceptor(token.get_secret_value()))
         self._grpc = grpc_server = grpc_aio.server(
-            interceptors=[TokenInterceptor(token.get_secret_value())] if token else None,
+            interceptors=interceptors,
             # Past this, gRPC itself answers RESOURCE_EXHAUSTED at once; the headroom above
             # RERANKER_MAX_IN_FLIGHT lets admission answer first and health checks through.
             maximum_concurrent_rpcs=self.settings.max_in_flight + GRPC_HEADROOM,
-            options=[
-                ("grpc.max_receive_message_length", self.settings.max_body_bytes),
-                # gRPC cancels calls queued beyond its pending-call limit before they reach
-                # the service; raised so that a burst is answered by admission instead.
-                ("grpc.server.max_pending_requests", GRPC_MAX_PENDING_CALLS),
-                ("grpc.server.max_pending_requests_hard_limit", 2 * GRPC_MAX_PENDING_CALLS),
-                # A second sidecar on a taken port must fail, not share it and split calls.
-                ("grpc.so_reuseport", 0),
-            ],
+            options=grpc_server_options(
+                self.settings, max_concurrent_rpcs=self.settings.max_in_flight + GRPC_HEADROOM
+            ),
         )
         service = RerankerService(
             ranker=self.core.ranker,
