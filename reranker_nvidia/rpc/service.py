@@ -162,14 +162,12 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
         )
         if ranking.fallback:
             _mark_fallback(context)
-        return pb.RankResponse(
-            results=[
-                pb.RankedDocument(index=index, score=ranking.scores[index])
-                for index in ranking.order()
-            ],
-            model=ranking.model,
-            usage=usage_to_proto(ranking.usage),
-        )
+        response = pb.RankResponse(model=ranking.model, usage=usage_to_proto(ranking.usage))
+        # Added in place: half the cost of building each message and copying it in.
+        add, scores = response.results.add, ranking.scores
+        for index in ranking.order():
+            add(index=index, score=scores[index])
+        return response
 
     def _documents(self, request: pb.RankRequest) -> list[Passage]:
         """``documents``, each with its image from ``document_images`` (checked here, where it
@@ -216,13 +214,13 @@ def _mark_fallback(context: Context) -> None:
 
 
 def _rerank_response(request: pb.RerankRequest, result: RerankedHits) -> pb.RerankResponse:
-    reranked = []
+    response = pb.RerankResponse(model=result.model, usage=usage_to_proto(result.usage))
+    add, hits = response.hits.add, request.hits
     for entry in result.hits:
-        message = pb.RerankedHit(hit=request.hits[entry.position], original_position=entry.position)
+        message = add(hit=hits[entry.position], original_position=entry.position)
         if entry.rerank_score is not None:
             message.rerank_score = entry.rerank_score
-        reranked.append(message)
-    return pb.RerankResponse(hits=reranked, model=result.model, usage=usage_to_proto(result.usage))
+    return response
 
 
 async def _off_loop_when_large(count: int, work: Callable[[], T]) -> T:
