@@ -64,12 +64,31 @@ class _Batch:
     keys: list[bytes] = field(default_factory=list)
     passages: list[Passage] = field(default_factory=list)
     image_bytes: int = 0
+    positions: dict[bytes, int] | None = None
+    """Where each key is in ``keys``: made when a later request first joins by a key."""
     waiters: int = 0
     expecting: bool = False
     """Every member so far said siblings are on their way."""
     dispatched: bool = False
     task: asyncio.Task[None] | None = None
     timer: Timer | None = None
+
+    def add(self, keys: Sequence[bytes], passages: Sequence[Passage]) -> int:
+        """Append a run; where it starts."""
+        start = len(self.keys)
+        self.keys += keys
+        self.passages += passages
+        if self.positions is not None:
+            for index, key in enumerate(keys, start):
+                self.positions.setdefault(key, index)
+        return start
+
+    def position(self, key: bytes) -> int:
+        if self.positions is None:
+            self.positions = {}
+            for index, known in enumerate(self.keys):
+                self.positions.setdefault(known, index)
+        return self.positions[key]
 
 
 @dataclass(frozen=True)
@@ -82,13 +101,15 @@ class _Ask:
     keys: Sequence[bytes]
     deadline: float
     siblings_expected: bool
+    images: bool
+    """Some passage carries an image (batches then also close at the image bytes bound)."""
 
 
 @dataclass
 class _Placement:
-    """Where one request's passages went: (batch, index) per passage, in order."""
+    """Where one request's passages went, in order: runs of (batch, first index, count)."""
 
-    places: list[tuple[_Batch, int]] = field(default_factory=list)
+    runs: list[tuple[_Batch, int, int]] = field(default_factory=list)
     own: dict[_Batch, int] = field(default_factory=dict)
     """Batches this request opened or added passages to, and how many it added."""
     joined: bool = False
@@ -96,7 +117,7 @@ class _Placement:
 
     @property
     def batches(self) -> list[_Batch]:
-        return list(dict.fromkeys(batch for batch, _ in self.places))
+        return list(dict.fromkeys(batch for batch, _, _ in self.runs))
 
 
 class Coalescer:
@@ -116,7 +137,8 @@ class Coalescer:
         self._window_s = window_s
         self._given_scheduler = scheduler
         self._open: dict[Group, _Batch] = {}
-        self._pending: dict[tuple[str | None, bytes], tuple[_Batch, int]] = {}
+        # The pairs on their way, by the caller's key: pair key -> the batch carrying it.
+        self._pending: dict[str | None, dict[bytes, _Batch]] = {}
         self._in_progress = 0
         self._waiting = 0
         self.coalesced_passages = 0
@@ -146,27 +168,36 @@ class Coalescer:
         deadline: float,
         *,
         siblings_expected: bool = False,
+        images: bool = False,
     ) -> tuple[list[float], list[bytes], Usage]:
         """Logits for ``passages`` (one per key, in order), the tag of the endpoint that
-        answered each, and this caller's share of usage."""
-        ask = _Ask(target, query, passages, keys, deadline, siblings_expected)
+        answered each, and this caller's share of usage. ``images``: some passage carries an
+        image."""
+        ask = _Ask(target, query, passages, keys, deadline, siblings_expected, images)
         placement = self._place(ask)
         batches = placement.batches
+        own = placement.own
         self.coalesced_passages += sum(
-            1 for batch, _ in placement.places if batch not in placement.own
+            count for batch, _, count in placement.runs if batch not in own
         )
         self.coalesced_requests += placement.joined
         for batch in batches:
             batch.waiters += 1
-            self._arm_timer(batch, added_to=batch in placement.own)
+            self._arm_timer(batch, added_to=batch in own)
         answers = await self._wait(batches)
-        logits = [answers[batch].logits[index] for batch, index in placement.places]
-        tags = [answers[batch].tag for batch, _ in placement.places]
-        return logits, tags, usage_share(placement.own, answers)
+        logits: list[float] = []
+        tags: list[bytes] = []
+        for batch, start, count in placement.runs:
+            answer = answers[batch]
+            logits += answer.logits[start : start + count]
+            tags += [answer.tag] * count
+        return logits, tags, usage_share(own, answers)
 
     def _place(self, ask: _Ask) -> _Placement:
         """Each passage joins the call already carrying it, else the open batch of its group
-        (a new one when there is none or the last one is full)."""
+        (a new one when there is none or the last one is full). Passages go in runs, so a
+        request no other shares costs a few list operations per batch, not work per
+        passage."""
         placement = _Placement()
         target = ask.target
         group: Group = (
@@ -176,12 +207,17 @@ class Coalescer:
             target.truncate,
             ask.query,
         )
-        for passage, key in zip(ask.passages, ask.keys, strict=True):
-            pending = self._pending.get((target.request_key, key))
-            if pending is not None:
-                placement.places.append(pending)
-                placement.joined = True
-                continue
+        keys, passages = ask.keys, ask.passages
+        pending = self._pending.get(target.request_key)
+        count, at = len(keys), 0
+        while at < count:
+            if pending:
+                carrying = pending.get(keys[at])
+                if carrying is not None:
+                    placement.runs.append((carrying, carrying.position(keys[at]), 1))
+                    placement.joined = True
+                    at += 1
+                    continue
             batch = self._open.get(group)
             if batch is None:
                 batch = self._open_batch(group, ask)
@@ -189,20 +225,42 @@ class Coalescer:
                 placement.joined = placement.joined or bool(batch.passages)
                 batch.expecting = batch.expecting and ask.siblings_expected
             batch.deadline = max(batch.deadline, ask.deadline)
-            index = len(batch.passages)
-            batch.keys.append(key)
-            batch.passages.append(passage)
-            self._pending[(target.request_key, key)] = (batch, index)
-            placement.own[batch] = placement.own.get(batch, 0) + 1
-            placement.places.append((batch, index))
-            if passage.__class__ is ImagePassage:
-                batch.image_bytes += len(passage.image.data)
+            end = min(count, at + self._max_passages - len(batch.passages))
+            if pending:
+                # The run stops at the next pair already on its way.
+                end = next((k for k in range(at + 1, end) if keys[k] in pending), end)
+            if ask.images:
+                end = self._image_run_end(batch, passages, at, end)
+            run = keys[at:end]
+            if len(set(run)) != len(run):
+                # A pair twice in one request goes once: the run stops at the repeat, which
+                # then joins the run carrying it.
+                end = at + _first_repeat(run)
+                run = keys[at:end]
+            start = batch.add(run, passages[at:end])
+            if pending is None:
+                pending = self._pending[target.request_key] = {}
+            pending.update(dict.fromkeys(run, batch))
+            placement.own[batch] = placement.own.get(batch, 0) + len(run)
+            placement.runs.append((batch, start, len(run)))
             if (
                 len(batch.passages) >= self._max_passages
                 or batch.image_bytes >= self._max_image_bytes
             ):
                 self._dispatch(batch)
+            at = end
         return placement
+
+    def _image_run_end(self, batch: _Batch, passages: Sequence[Passage], at: int, end: int) -> int:
+        """Where a run of image passages fills ``batch`` up to the image bytes bound (at
+        least one passage always goes in); ``batch.image_bytes`` counts what goes in."""
+        for index in range(at, end):
+            passage = passages[index]
+            if passage.__class__ is ImagePassage:
+                if index > at and batch.image_bytes >= self._max_image_bytes:
+                    return index
+                batch.image_bytes += len(passage.image.data)
+        return end
 
     def _open_batch(self, group: Group, ask: _Ask) -> _Batch:
         batch = _Batch(
@@ -289,10 +347,15 @@ class Coalescer:
         batch.result.cancel()
 
     def _forget(self, batch: _Batch) -> None:
+        request_key = batch.target.request_key
+        pending = self._pending.get(request_key)
+        if pending is None:
+            return
         for key in batch.keys:
-            pending = (batch.target.request_key, key)
-            if self._pending.get(pending, (None,))[0] is batch:
-                del self._pending[pending]
+            if pending.get(key) is batch:
+                del pending[key]
+        if not pending:
+            del self._pending[request_key]
 
     async def _run(self, batch: _Batch) -> None:
         try:
@@ -312,6 +375,15 @@ class Coalescer:
             # Nobody may be left to read a failure; reading it here keeps asyncio quiet.
             if batch.result.done() and not batch.result.cancelled():
                 batch.result.exception()
+
+
+def _first_repeat(keys: Sequence[bytes]) -> int:
+    seen: set[bytes] = set()
+    for index, key in enumerate(keys):
+        if key in seen:
+            return index
+        seen.add(key)
+    return len(keys)
 
 
 def usage_share(own: Mapping[_Batch, int], answers: Mapping[_Batch, UpstreamRanking]) -> Usage:

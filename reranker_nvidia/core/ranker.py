@@ -32,6 +32,7 @@ from reranker_nvidia.core.score_cache import ScoreCache
 from reranker_nvidia.core.score_scale import ScoreScales, Surface, scaled
 from reranker_nvidia.core.shared_cache import Grant, SharedScores
 from reranker_nvidia.core.targets import RankOptions, Target, TargetResolver
+from reranker_nvidia.core.timeouts import within
 from reranker_nvidia.core.verified_keys import VerifiedKeys
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.types import Usage
@@ -143,11 +144,10 @@ class Ranker:
             work -= min(budget * _FAIL_OPEN_MARGIN, _FAIL_OPEN_MARGIN_MAX_S)
         try:
             async with self.admission.admit():
-                ranking = await asyncio.wait_for(
-                    self._rank(target, query, documents, top_n, deadline, siblings_expected),
-                    work,
+                ranking = await within(
+                    work, self._rank(target, query, documents, top_n, deadline, siblings_expected)
                 )
-        except asyncio.TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             if self.fail_open:
                 return self._passthrough(target, len(documents), top_n, surface, "its budget")
             raise RerankError(
@@ -211,12 +211,12 @@ class Ranker:
         limits = self.limits
         check_count("documents", len(documents), limits.max_documents, "RERANKER_MAX_DOCUMENTS")
         text_bytes = _utf8_size("query", query)
-        for index, document in enumerate(documents):
-            text = document if isinstance(document, str) else document.text
+        texts = [d if d.__class__ is str else cast(ImagePassage, d).text for d in documents]
+        if all(map(str.isascii, texts)):
+            text_bytes += sum(map(len, texts))
+        else:
             # The field name is only spelled out for the rare text that is not ASCII.
-            if text.isascii():
-                text_bytes += len(text)
-            else:
+            for index, text in enumerate(texts):
                 text_bytes += _utf8_size(f"documents[{index}]", text)
         limit = limits.max_text_bytes
         if text_bytes > limit:
@@ -226,15 +226,22 @@ class Ranker:
             )
 
     def pair_keys(
-        self, target: Target, query: str, documents: Sequence[Passage], request_key_id: bytes
+        self,
+        target: Target,
+        query: str,
+        documents: Sequence[Passage],
+        request_key_id: bytes,
+        text_only: bool = False,
     ) -> list[bytes]:
-        """The cache's name of each (query, document) pair of a request for ``target``."""
+        """The cache's name of each (query, document) pair of a request for ``target``;
+        ``text_only``: every document is a ``str``."""
         owner = request_key_id.hex() if self.cache_scope == "key" else ""
         prefix = self.digests.text(
             f"{target.route.id}\x00{target.model}\x00{target.truncate or ''}\x00{owner}\x00{query}"
         )
-        if all(document.__class__ is str for document in documents):
-            items = [cast(str, d).encode("utf-8", "surrogatepass") for d in documents]
+        if text_only:
+            encode = str.encode
+            items = [encode(cast(str, d), "utf-8", "surrogatepass") for d in documents]
         else:
             items = [cache_bytes(document) for document in documents]
         return self.digests.pairs(prefix, items)
@@ -253,7 +260,8 @@ class Ranker:
         if not documents:
             return Ranking([], target.model, top_n=top_n)
         request_key_id = self.digests.key(target.request_key)
-        keys = self.pair_keys(target, query, documents, request_key_id)
+        text_only = all(document.__class__ is str for document in documents)
+        keys = self.pair_keys(target, query, documents, request_key_id, text_only)
         found: list[float | None] = [None] * len(keys)
         trust = _Trust(self, target, request_key_id)
         cache = self.cache
@@ -276,6 +284,7 @@ class Ranker:
                 missing_keys,
                 deadline,
                 siblings_expected=siblings_expected,
+                images=not text_only,
             )
             # The one place scores enter the cache: only answers NIM gave, never errors.
             for tag, group in _by_tag(tags):

@@ -93,8 +93,19 @@ class ModelList(BaseModel):
 
 def passages_of(body: Json, images: ImageBudget) -> list[Passage]:
     """``passages``: text, or text beside an image, or an image alone."""
+    items = array(required(body, "passages"), "passages")
+    try:
+        texts: list[Passage] = [item["text"] for item in items]
+    except (TypeError, KeyError):
+        pass
+    else:
+        # The common case, read in one pass: text only, every one a string.
+        if all(text.__class__ is str for text in texts) and not any(
+            "image" in item for item in items
+        ):
+            return texts
     passages: list[Passage] = []
-    for index, item in enumerate(array(required(body, "passages"), "passages")):
+    for index, item in enumerate(items):
         where = f"passages.{index}"
         passage = mapping(item, where)
         text = optional_string(passage.get("text"), f"{where}.text")

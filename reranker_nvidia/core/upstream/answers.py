@@ -154,24 +154,51 @@ def _parse_ranking(payload: object, count: int, where: str) -> UpstreamRanking:
         raise broken("no 'rankings' list")
     if len(rankings) != count:
         raise broken(f"{len(rankings)} rankings for {count} passages")
-    logits: list[float | None] = [None] * count
+    try:
+        indices = [entry["index"] for entry in rankings]
+        values = [entry["logit"] for entry in rankings]
+    except (TypeError, KeyError):
+        raise broken(_what_is_wrong(rankings)) from None
+    # Checked as whole lists (in C): every index an int (not a bool) and each of 0..count-1
+    # once; every logit a float or an int within range.
+    if set(map(type, indices)) - {int}:
+        kind = next(type(i).__name__ for i in indices if type(i) is not int)
+        raise broken(f"an index is a {kind}, not an integer")
+    if sorted(indices) != list(range(count)):
+        raise broken(_index_problem(indices, count))
+    if set(map(type, values)) - {float, int}:
+        index = next(i for i, v in zip(indices, values, strict=True) if type(v) not in (float, int))
+        raise broken(f"logit for index {index} is not a number")
+    if values and not -MAX_LOGIT <= min(values) <= max(values) <= MAX_LOGIT:
+        index = next(
+            i for i, v in zip(indices, values, strict=True) if not -MAX_LOGIT <= v <= MAX_LOGIT
+        )
+        raise broken(f"logit for index {index} is out of range (at most {MAX_LOGIT:g})")
+    logits = [0.0] * count
+    for index, value in zip(indices, values, strict=True):
+        logits[index] = value
+    usage = _usage_of(payload, broken) if isinstance(payload, dict) else Usage()
+    return UpstreamRanking([float(logit) for logit in logits], usage)
+
+
+def _what_is_wrong(rankings: list[Any]) -> str:
     for entry in rankings:
         if not isinstance(entry, dict):
-            raise broken("a ranking is not an object")
-        index, logit = entry.get("index"), entry.get("logit")
-        if type(index) is not int:
-            raise broken(f"an index is a {type(index).__name__}, not an integer")
+            return "a ranking is not an object"
+        if "index" not in entry:
+            return "a ranking has no index"
+    return "a ranking has no logit"
+
+
+def _index_problem(indices: list[int], count: int) -> str:
+    seen: set[int] = set()
+    for index in indices:
         if not 0 <= index < count:
-            raise broken(f"index {index} is out of range for {count} passages")
-        if logits[index] is not None:
-            raise broken(f"index {index} appears twice")
-        if type(logit) is not float and type(logit) is not int:
-            raise broken(f"logit for index {index} is not a number")
-        if not -MAX_LOGIT <= logit <= MAX_LOGIT:
-            raise broken(f"logit for index {index} is out of range (at most {MAX_LOGIT:g})")
-        logits[index] = float(logit)
-    usage = _usage_of(payload, broken) if isinstance(payload, dict) else Usage()
-    return UpstreamRanking([logit for logit in logits if logit is not None], usage)
+            return f"index {index} is out of range for {count} passages"
+        if index in seen:
+            return f"index {index} appears twice"
+        seen.add(index)
+    return "the indices are not 0 to count - 1"
 
 
 def _usage_of(payload: dict[str, Any], broken: Any) -> Usage:

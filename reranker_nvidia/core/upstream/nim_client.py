@@ -14,8 +14,7 @@ import functools
 import logging
 import socket
 import ssl
-import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -31,6 +30,7 @@ from reranker_nvidia.core.ssrf import (
     public_addresses,
     system_resolver,
 )
+from reranker_nvidia.core.timeouts import within
 from reranker_nvidia.core.upstream.answers import UpstreamRanking, loads, ranking_from
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.wire import (
@@ -191,15 +191,6 @@ class NimClient:
         except (TimeoutError, asyncio.TimeoutError, TransportError, AnswerTooLarge, ValueError):
             return False
         return 200 <= response.status < 300
-
-
-async def within(seconds: float, work: Awaitable[T]) -> T:
-    """``work``'s result, or TimeoutError after ``seconds``: ``asyncio.timeout`` where there
-    is one (no task per call, as ``wait_for`` makes on 3.11)."""
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(seconds):
-            return await work
-    return await asyncio.wait_for(work, seconds)  # pragma: no cover - Python 3.10
 
 
 @functools.lru_cache(maxsize=1)
