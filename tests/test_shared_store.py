@@ -216,7 +216,9 @@ def test_the_store_password_comes_from_the_url_or_its_own_setting(
             {"cache_url": f"redis://:s3cret-store-pw@127.0.0.1:{store.port}/0"},
             {"cache_url": store.url, "cache_password": "s3cret-store-pw"},
         ):
-            sidecar = make_sidecar(cache_size=1000, **settings)
+            # A generous store timeout: what is tested is the password, not the store's speed
+            # on a loaded machine (a first connection's AUTH takes a round trip more).
+            sidecar = make_sidecar(cache_size=1000, cache_timeout_ms=2000, **settings)
             query = f"password {uuid.uuid4()}"
             for _ in range(2):
                 response = httpx.post(

@@ -265,22 +265,29 @@ class Ranker:
         found: list[float | None] = [None] * len(keys)
         trust = _Trust(self, target, request_key_id)
         cache = self.cache
-        if cache.enabled:
+        entries = cache.get_many(keys) if cache.enabled else ()
+        if any(entries):
             readable = trust.readable
-            for index, entry in enumerate(cache.get_many(keys)):
+            for index, entry in enumerate(entries):
                 if entry is not None and readable(entry[2]):
                     found[index] = entry[0]
-        missing = [index for index, score in enumerate(found) if score is None]
+            missing = [index for index, score in enumerate(found) if score is None]
+        else:
+            missing = list(range(len(keys)))
         cache.count(len(keys) - len(missing), len(missing))
         if missing and self.shared is not None and cache.enabled:
             missing = await self._read_shared(trust, keys, found, missing)
         usage = Usage()
         if missing:
-            missing_keys = [keys[index] for index in missing]
+            if len(missing) == len(keys):
+                missing_keys, missing_documents = keys, documents
+            else:
+                missing_keys = [keys[index] for index in missing]
+                missing_documents = [documents[index] for index in missing]
             logits, tags, usage = await self.coalescer.score(
                 target,
                 query,
-                [documents[index] for index in missing],
+                missing_documents,
                 missing_keys,
                 deadline,
                 siblings_expected=siblings_expected,
@@ -293,6 +300,8 @@ class Ranker:
                 cache.put_many(group_keys, group_logits, tag)
                 if self.shared is not None and cache.enabled:
                     self.shared.store_scores(group_keys, group_logits, tag)
+            if len(missing) == len(keys):
+                return Ranking(logits, target.model, usage, top_n)
             for index, logit in zip(missing, logits, strict=True):
                 found[index] = logit
         # Every None was a miss, and every miss has its logit now.

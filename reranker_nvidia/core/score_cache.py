@@ -51,17 +51,19 @@ class ScoreCache:
     def get_many(self, keys: Sequence[bytes]) -> list[Entry | None]:
         """The entry of each key, or None; expired entries are misses. Hits are counted by
         the reader (``count``), which may not be allowed to read every entry it finds."""
-        now = self._clock()
-        found: list[Entry | None] = []
         entries = self._entries
-        for key in keys:
-            entry = entries.get(key)
-            if entry is not None and entry[1] <= now:
-                del entries[key]
-                entry = None
-            elif entry is not None:
-                entries.move_to_end(key)
-            found.append(entry)
+        found: list[Entry | None] = list(map(entries.get, keys))
+        if not any(found):
+            return found
+        now = self._clock()
+        for index, entry in enumerate(found):
+            if entry is not None:
+                key = keys[index]
+                if entry[1] <= now:
+                    del entries[key]
+                    found[index] = None
+                else:
+                    entries.move_to_end(key)
         return found
 
     def count(self, hits: int, misses: int) -> None:
@@ -69,13 +71,11 @@ class ScoreCache:
         self.misses += misses
 
     def put_many(self, keys: Sequence[bytes], logits: Sequence[float], tag: bytes) -> None:
-        """Scores the endpoint ``tag`` answered."""
+        """Scores the endpoint ``tag`` answered: new entries go last (most recent)."""
         if not self._capacity:
             return
         expires = self._clock() + self._ttl_s
         entries = self._entries
-        for key, logit in zip(keys, logits, strict=True):
-            entries[key] = (logit, expires, tag)
-            entries.move_to_end(key)
+        entries.update(zip(keys, ((logit, expires, tag) for logit in logits), strict=True))
         while len(entries) > self._capacity:
             entries.popitem(last=False)
