@@ -149,7 +149,7 @@ async def test_no_usable_key_is_refused_before_the_cache_is_read() -> None:
     ranker = core.ranker
     try:
         target = ranker.resolve(RankOptions(api_key=REQUEST_KEY))
-        keys = ranker.pair_keys(target, QUERY, ["a"], ranker.digests.key(REQUEST_KEY))
+        keys = ranker.pair_keys(target, QUERY, ["a"])
         ranker.cache.put_many(keys, [1.0], target.endpoints[0].tag)
         assert (
             await ranker.rank(QUERY, ["a"], RankOptions(api_key=REQUEST_KEY), surface="grpc")

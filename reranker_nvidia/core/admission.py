@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-from collections.abc import AsyncIterator
 
 from reranker_nvidia.errors import ErrorCode, RerankError
 
@@ -13,6 +11,22 @@ RETRY_AFTER_S = 1.0
 # Set while a request holds its place, so that admitting it again (a surface that admits before
 # converting its input, then the core) counts it once.
 _admitted: contextvars.ContextVar[bool] = contextvars.ContextVar("admitted", default=False)
+
+
+class _Admitted:
+    """A held place: a class rather than a generator, as it is entered on every request."""
+
+    __slots__ = ("_admission", "_token")
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self._token: contextvars.Token[bool] | None = None
+
+    async def __aenter__(self) -> None:
+        self._token = self._admission._enter()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._admission._exit(self._token)
 
 
 class Admission:
@@ -33,11 +47,13 @@ class Admission:
     def in_flight(self) -> int:
         return self._in_flight
 
-    @contextlib.asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
+    def admit(self) -> _Admitted:
+        """``async with admission.admit():`` holds a place for the block, or raises."""
+        return _Admitted(self)
+
+    def _enter(self) -> contextvars.Token[bool] | None:
         if _admitted.get():
-            yield
-            return
+            return None
         if self._draining:
             raise RerankError(
                 ErrorCode.UNAVAILABLE,
@@ -52,14 +68,15 @@ class Admission:
             )
         self._in_flight += 1
         self._idle.clear()
-        token = _admitted.set(True)
-        try:
-            yield
-        finally:
-            _admitted.reset(token)
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+        return _admitted.set(True)
+
+    def _exit(self, token: contextvars.Token[bool] | None) -> None:
+        if token is None:
+            return
+        _admitted.reset(token)
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
 
     def begin_draining(self) -> None:
         self._draining = True

@@ -21,8 +21,7 @@ it. A shared call is cancelled only when every caller waiting for it has gone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -120,6 +119,21 @@ class _Placement:
         return list(dict.fromkeys(batch for batch, _, _ in self.runs))
 
 
+class _PossibleJoiner:
+    """A class rather than a generator: entered on every request."""
+
+    __slots__ = ("_coalescer",)
+
+    def __init__(self, coalescer: Coalescer) -> None:
+        self._coalescer = coalescer
+
+    def __enter__(self) -> None:
+        self._coalescer._arrived()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._coalescer._left()
+
+
 class Coalescer:
     def __init__(
         self,
@@ -148,16 +162,17 @@ class Coalescer:
     def _scheduler(self) -> Scheduler:
         return self._given_scheduler or asyncio.get_running_loop()
 
-    @contextlib.contextmanager
-    def possible_joiner(self) -> Iterator[None]:
+    def possible_joiner(self) -> _PossibleJoiner:
         """Surfaces wrap each request in this once its input is in: until it asks for scores
         or leaves, open batches may wait for it (never longer than the window)."""
+        return _PossibleJoiner(self)
+
+    def _arrived(self) -> None:
         self._in_progress += 1
-        try:
-            yield
-        finally:
-            self._in_progress -= 1
-            self._dispatch_when_quiet()
+
+    def _left(self) -> None:
+        self._in_progress -= 1
+        self._dispatch_when_quiet()
 
     async def score(
         self,

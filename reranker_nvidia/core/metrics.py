@@ -7,7 +7,7 @@ at scrape time rather than counted twice.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -112,6 +112,7 @@ class _EndpointReadings(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.requests = Counter(
             "reranker_requests",
             "Requests by surface (grpc, weaviate, nim, cohere, other) and status.",
@@ -206,8 +207,16 @@ class Metrics:
         self.registry.register(_EndpointReadings(endpoints, budgets))
 
     def observe_request(self, surface: str, status: str, seconds: float) -> None:
-        self.requests.labels(surface, status).inc()
-        self.request_seconds.labels(surface).observe(seconds)
+        # Children kept by (surface, status), both bounded sets: a label lookup per request
+        # costs more than the count.
+        children = self._request_children.get((surface, status))
+        if children is None:
+            children = self._request_children[(surface, status)] = (
+                self.requests.labels(surface, status),
+                self.request_seconds.labels(surface),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

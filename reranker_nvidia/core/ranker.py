@@ -226,16 +226,11 @@ class Ranker:
             )
 
     def pair_keys(
-        self,
-        target: Target,
-        query: str,
-        documents: Sequence[Passage],
-        request_key_id: bytes,
-        text_only: bool = False,
+        self, target: Target, query: str, documents: Sequence[Passage], text_only: bool = False
     ) -> list[bytes]:
         """The cache's name of each (query, document) pair of a request for ``target``;
         ``text_only``: every document is a ``str``."""
-        owner = request_key_id.hex() if self.cache_scope == "key" else ""
+        owner = target.request_key_id.hex() if self.cache_scope == "key" else ""
         prefix = self.digests.text(
             f"{target.route.id}\x00{target.model}\x00{target.truncate or ''}\x00{owner}\x00{query}"
         )
@@ -259,11 +254,10 @@ class Ranker:
         splits them into calls of at most ``max_passages_per_call`` sent concurrently."""
         if not documents:
             return Ranking([], target.model, top_n=top_n)
-        request_key_id = self.digests.key(target.request_key)
         text_only = all(document.__class__ is str for document in documents)
-        keys = self.pair_keys(target, query, documents, request_key_id, text_only)
+        keys = self.pair_keys(target, query, documents, text_only)
         found: list[float | None] = [None] * len(keys)
-        trust = _Trust(self, target, request_key_id)
+        trust = _Trust(self, target)
         cache = self.cache
         entries = cache.get_many(keys) if cache.enabled else ()
         if any(entries):
@@ -336,15 +330,10 @@ class _Trust:
     ``verified`` those of the request's endpoints that have accepted the key it would send
     them."""
 
-    def __init__(self, ranker: Ranker, target: Target, request_key_id: bytes) -> None:
+    def __init__(self, ranker: Ranker, target: Target) -> None:
         self._verified_keys = ranker.verified_keys
         self._everyone = ranker.cache_scope != "verified"
-        self._key_ids = {
-            endpoint.tag: request_key_id
-            if target.request_key is not None
-            else ranker.digests.key(endpoint.key)
-            for endpoint in target.endpoints
-        }
+        self._key_ids = {endpoint.tag: target.key_id_for(endpoint) for endpoint in target.endpoints}
         self._known: dict[bytes, bool] = {}
 
     def readable(self, tag: bytes) -> bool:

@@ -72,6 +72,8 @@ class Endpoint:
     """The operator's key for it; a request's own key wins."""
     guarded: bool
     """Chosen by a caller and not allow-listed: its connections pass the SSRF address check."""
+    key_id: bytes = b""
+    """The digest of ``key``: who the operator's key is, for trust and budgets."""
     state: EndpointState | None = None
     """The configured endpoint's run-time state (breaker, load); None for a caller's choice."""
 
@@ -97,6 +99,8 @@ class Target:
     route: Route
     request_key: str | None = field(repr=False)
     """The caller's own key, sent to whichever endpoint serves the call."""
+    request_key_id: bytes = b""
+    """The digest of the caller's key (of no key when it brought none)."""
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
@@ -108,6 +112,10 @@ class Target:
 
     def key_for(self, endpoint: Endpoint) -> str | None:
         return self.request_key if self.request_key is not None else endpoint.key
+
+    def key_id_for(self, endpoint: Endpoint) -> bytes:
+        """The digest of ``key_for(endpoint)``."""
+        return self.request_key_id if self.request_key is not None else endpoint.key_id
 
 
 class TargetResolver:
@@ -140,6 +148,7 @@ class TargetResolver:
         self._single = single
         self._trusted = tuple(ConfiguredBase(url) for url in trusted_base_urls)
         self._digests = digests
+        self._no_key_id = digests.key(None)
         self._chosen = functools.lru_cache(maxsize=4096)(self._chosen_route)
         self._configured = functools.lru_cache(maxsize=1024)(self._configured_route)
 
@@ -165,7 +174,7 @@ class TargetResolver:
                 endpoint.key is None and is_hosted(endpoint.url) for endpoint in route.endpoints
             ):
                 raise RerankError(ErrorCode.UNAUTHENTICATED, NO_KEY_MESSAGE)
-            return Target(model, truncate, route, request_key)
+            return Target(model, truncate, route, request_key, self._key_id(request_key))
         parse_base_url(base_url)
         route = self._chosen(base_url, model)
         endpoint = route.endpoints[0]
@@ -181,7 +190,10 @@ class TargetResolver:
                 "request's own key (X-Nvidia-Api-Key, Authorization: Bearer, or gRPC "
                 "metadata x-nvidia-api-key)",
             )
-        return Target(model, truncate, route, request_key)
+        return Target(model, truncate, route, request_key, self._key_id(request_key))
+
+    def _key_id(self, request_key: str | None) -> bytes:
+        return self._no_key_id if request_key is None else self._digests.key(request_key)
 
     def _configured_route(self, model: str) -> Route:
         """The configured endpoints that serve ``model``, each with its final URL."""
@@ -203,6 +215,7 @@ class TargetResolver:
                     tag=self._digests.tag(identity_text(url)),
                     key=spec.key(self._server_key),
                     guarded=False,
+                    key_id=self._digests.key(spec.key(self._server_key)),
                     state=state,
                 )
             )
@@ -228,6 +241,7 @@ class TargetResolver:
             tag=tag,
             key=self._server_key if trusted else None,
             guarded=not trusted,
+            key_id=self._digests.key(self._server_key if trusted else None),
         )
         return Route(identity_text(url), (endpoint,))
 

@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from reranker_nvidia.core.digests import Digests
 from reranker_nvidia.core.metrics import Metrics
@@ -71,6 +72,11 @@ class UpstreamCaller:
         self._attempt_timeout_s = attempt_timeout_s
         self._max_retry_after_s = max_retry_after_s
         self._metrics = metrics
+        # Metric children used on every call, looked up once.
+        self._answered = metrics.upstream_calls.labels("200")
+        self._prompt_tokens = metrics.tokens.labels("prompt")
+        self._total_tokens = metrics.tokens.labels("total")
+        self._endpoint_seconds: dict[str, Any] = {}
         self._verified_keys = verified_keys
         self._digests = digests
         self.in_flight = 0
@@ -171,11 +177,12 @@ class UpstreamCaller:
     ) -> UpstreamRanking:
         """One call on one endpoint; its outcome told to the endpoint's breaker."""
         key = target.key_for(endpoint)
-        key_id = self._digests.key(key)
-        budget_id = self._digests.mac(b"budget", endpoint.tag, key_id)
+        key_id = target.key_id_for(endpoint)
+        budget = self._budget
+        budget_id = self._digests.mac(b"budget", endpoint.tag, key_id) if budget.limited else b""
         started = time.perf_counter()
         try:
-            await self._budget.admit(budget_id, len(passages), deadline)
+            await budget.admit(budget_id, len(passages), deadline)
             async with self._slots.slot(key_id, flow):
                 answer = await self._attempt(
                     endpoint, key, key_id, target, query, passages, deadline
@@ -236,14 +243,16 @@ class UpstreamCaller:
             self.in_flight -= 1
             seconds = time.perf_counter() - started
             metrics.upstream_seconds.observe(seconds)
-            metrics.endpoint_seconds.labels(
-                endpoint.name if endpoint.state is not None else CALLER_CHOSEN
-            ).observe(seconds)
+            name = endpoint.name if endpoint.state is not None else CALLER_CHOSEN
+            timer = self._endpoint_seconds.get(name)
+            if timer is None:
+                timer = self._endpoint_seconds[name] = metrics.endpoint_seconds.labels(name)
+            timer.observe(seconds)
         # Only an answer that passed every check reaches this line.
         self._verified_keys.accepted(endpoint.tag, key_id)
-        metrics.upstream_calls.labels("200").inc()
-        metrics.tokens.labels("prompt").inc(answer.usage.prompt_tokens)
-        metrics.tokens.labels("total").inc(answer.usage.total_tokens)
+        self._answered.inc()
+        self._prompt_tokens.inc(answer.usage.prompt_tokens)
+        self._total_tokens.inc(answer.usage.total_tokens)
         return UpstreamRanking(answer.logits, answer.usage, endpoint.tag)
 
     async def aclose(self) -> None:

@@ -14,7 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import Hashable
+
+
+class _Slot:
+    """A held slot: a class rather than a generator, as it is entered on every call."""
+
+    __slots__ = ("_flow", "_key", "_slots")
+
+    def __init__(self, slots: FairSlots, key: Hashable, flow: Hashable) -> None:
+        self._slots, self._key, self._flow = slots, key, flow
+
+    async def __aenter__(self) -> None:
+        await self._slots._acquire(self._key, self._flow)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._slots._release(self._key, self._flow)
 
 
 class FairSlots:
@@ -30,13 +45,9 @@ class FairSlots:
     def waiting(self) -> int:
         return sum(len(q) for flows in self._waiting.values() for q in flows.values())
 
-    @contextlib.asynccontextmanager
-    async def slot(self, key: Hashable, flow: Hashable) -> AsyncIterator[None]:
-        await self._acquire(key, flow)
-        try:
-            yield
-        finally:
-            self._release(key, flow)
+    def slot(self, key: Hashable, flow: Hashable) -> _Slot:
+        """``async with slots.slot(key, flow):`` holds a slot for the block."""
+        return _Slot(self, key, flow)
 
     async def _acquire(self, key: Hashable, flow: Hashable) -> None:
         if self._free > 0 and not self._waiting:
