@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from reranker_nvidia.core.passages import ImagePassage, Passage
+from reranker_nvidia.core.score_cache import PairKey
 from reranker_nvidia.core.targets import Target
 from reranker_nvidia.core.upstream.answers import UpstreamRanking
 from reranker_nvidia.types import Usage
@@ -60,10 +61,10 @@ class _Batch:
     deadline: float
     opened_at: float
     result: asyncio.Future[UpstreamRanking]
-    keys: list[bytes] = field(default_factory=list)
+    keys: list[PairKey] = field(default_factory=list)
     passages: list[Passage] = field(default_factory=list)
     image_bytes: int = 0
-    positions: dict[bytes, int] | None = None
+    positions: dict[PairKey, int] | None = None
     """Where each key is in ``keys``: made when a later request first joins by a key."""
     waiters: int = 0
     expecting: bool = False
@@ -72,7 +73,7 @@ class _Batch:
     task: asyncio.Task[None] | None = None
     timer: Timer | None = None
 
-    def add(self, keys: Sequence[bytes], passages: Sequence[Passage]) -> int:
+    def add(self, keys: Sequence[PairKey], passages: Sequence[Passage]) -> int:
         """Append a run; where it starts."""
         start = len(self.keys)
         self.keys += keys
@@ -82,7 +83,7 @@ class _Batch:
                 self.positions.setdefault(key, index)
         return start
 
-    def position(self, key: bytes) -> int:
+    def position(self, key: PairKey) -> int:
         if self.positions is None:
             self.positions = {}
             for index, known in enumerate(self.keys):
@@ -97,7 +98,7 @@ class _Ask:
     target: Target
     query: str
     passages: Sequence[Passage]
-    keys: Sequence[bytes]
+    keys: Sequence[PairKey]
     deadline: float
     siblings_expected: bool
     images: bool
@@ -152,7 +153,7 @@ class Coalescer:
         self._given_scheduler = scheduler
         self._open: dict[Group, _Batch] = {}
         # The pairs on their way, by the caller's key: pair key -> the batch carrying it.
-        self._pending: dict[str | None, dict[bytes, _Batch]] = {}
+        self._pending: dict[str | None, dict[PairKey, _Batch]] = {}
         self._in_progress = 0
         self._waiting = 0
         self.coalesced_passages = 0
@@ -179,7 +180,7 @@ class Coalescer:
         target: Target,
         query: str,
         passages: Sequence[Passage],
-        keys: Sequence[bytes],
+        keys: Sequence[PairKey],
         deadline: float,
         *,
         siblings_expected: bool = False,
@@ -392,8 +393,8 @@ class Coalescer:
                 batch.result.exception()
 
 
-def _first_repeat(keys: Sequence[bytes]) -> int:
-    seen: set[bytes] = set()
+def _first_repeat(keys: Sequence[PairKey]) -> int:
+    seen: set[PairKey] = set()
     for index, key in enumerate(keys):
         if key in seen:
             return index

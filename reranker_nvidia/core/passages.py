@@ -35,13 +35,19 @@ def wire_passages(passages: Sequence[Passage]) -> list[Any]:
     ]
 
 
-def cache_bytes(passage: Passage) -> bytes:
-    """What a passage's cache key is made of: its text, and its image's digest if it has one
-    (so two passages differing only in their image never share a score)."""
-    if passage.__class__ is str:
-        return passage.encode("utf-8", "surrogatepass")
-    assert isinstance(passage, ImagePassage)
-    return passage.text.encode("utf-8", "surrogatepass") + b"\x00image\x00" + passage.image.digest
+def image_cache_bytes(passage: ImagePassage) -> bytes:
+    """What an image passage's cache key is made of: its image's digest (fixed length, so no
+    text can shift it), then its text. Text passages are keyed by their text alone, under a
+    different personalisation (``Digests.pairs``), so no text can pass for an image."""
+    return passage.image.digest + passage.text.encode("utf-8", "surrogatepass")
+
+
+def cache_item(passage: Passage) -> str | tuple[str, bytes]:
+    """The name of a passage in keys only this process reads: the text itself, or the text
+    with its image's digest."""
+    if isinstance(passage, str):
+        return passage
+    return (passage.text, passage.image.digest)
 
 
 def image_bytes(passages: Sequence[Passage]) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -25,10 +25,10 @@ from reranker_nvidia.core.coalescer import Coalescer
 from reranker_nvidia.core.digests import Digests
 from reranker_nvidia.core.images import ImageBudget, ImageLimits, check_model_takes, detect_blob
 from reranker_nvidia.core.metrics import Metrics
-from reranker_nvidia.core.passages import ImagePassage, Passage, cache_bytes
+from reranker_nvidia.core.passages import ImagePassage, Passage, cache_item, image_cache_bytes
 from reranker_nvidia.core.redaction import scrub
 from reranker_nvidia.core.request_context import request_secrets
-from reranker_nvidia.core.score_cache import ScoreCache
+from reranker_nvidia.core.score_cache import PairKey, ScoreCache
 from reranker_nvidia.core.score_scale import ScoreScales, Surface, scaled
 from reranker_nvidia.core.shared_cache import Grant, SharedScores
 from reranker_nvidia.core.targets import RankOptions, Target, TargetResolver
@@ -227,19 +227,39 @@ class Ranker:
 
     def pair_keys(
         self, target: Target, query: str, documents: Sequence[Passage], text_only: bool = False
-    ) -> list[bytes]:
+    ) -> list[PairKey]:
         """The cache's name of each (query, document) pair of a request for ``target``;
-        ``text_only``: every document is a ``str``."""
+        ``text_only``: every document is a ``str``. Names another replica reads (a shared store)
+        are keyed digests; names only this process reads are its own keyed string hash, a fifth
+        of the cost."""
         owner = target.request_key_id.hex() if self.cache_scope == "key" else ""
-        prefix = self.digests.text(
-            f"{target.route.id}\x00{target.model}\x00{target.truncate or ''}\x00{owner}\x00{query}"
-        )
+        truncate = target.truncate or ""
+        prefix = f"{target.route.id}\x00{target.model}\x00{truncate}\x00{owner}\x00{query}"
+        if self.shared is None:
+            items = documents if text_only else [cache_item(document) for document in documents]
+            local = self.digests.local_pairs(prefix, cast(Sequence[Hashable], items))
+            if local is not None:
+                return cast(list[PairKey], local)
+        digests = self.digests
+        named = digests.text(prefix)
         if text_only:
             encode = str.encode
-            items = [encode(cast(str, d), "utf-8", "surrogatepass") for d in documents]
-        else:
-            items = [cache_bytes(document) for document in documents]
-        return self.digests.pairs(prefix, items)
+            encoded = [encode(cast(str, d), "utf-8", "surrogatepass") for d in documents]
+            return cast(list[PairKey], digests.pairs(named, encoded))
+        names: list[PairKey] = [b""] * len(documents)
+        texts = [i for i, d in enumerate(documents) if isinstance(d, str)]
+        images = [i for i, d in enumerate(documents) if isinstance(d, ImagePassage)]
+        text_names = digests.pairs(
+            named, [cast(str, documents[i]).encode("utf-8", "surrogatepass") for i in texts]
+        )
+        image_names = digests.pairs(
+            named,
+            [image_cache_bytes(cast(ImagePassage, documents[i])) for i in images],
+            kind=b"image-pair",
+        )
+        for index, name in zip(texts + images, text_names + image_names, strict=True):
+            names[index] = name
+        return names
 
     async def _rank(
         self,
@@ -270,7 +290,7 @@ class Ranker:
             missing = list(range(len(keys)))
         cache.count(len(keys) - len(missing), len(missing))
         if missing and self.shared is not None and cache.enabled:
-            missing = await self._read_shared(trust, keys, found, missing)
+            missing = await self._read_shared(trust, cast(list[bytes], keys), found, missing)
         usage = Usage()
         if missing:
             if len(missing) == len(keys):
@@ -293,7 +313,7 @@ class Ranker:
                 group_logits = logits if group is None else [logits[i] for i in group]
                 cache.put_many(group_keys, group_logits, tag)
                 if self.shared is not None and cache.enabled:
-                    self.shared.store_scores(group_keys, group_logits, tag)
+                    self.shared.store_scores(cast(list[bytes], group_keys), group_logits, tag)
             if len(missing) == len(keys):
                 return Ranking(logits, target.model, usage, top_n)
             for index, logit in zip(missing, logits, strict=True):

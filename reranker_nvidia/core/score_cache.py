@@ -3,8 +3,9 @@ that answered it.
 
 A logit depends only on the model, the truncation and the two texts, so it can be reused
 across requests and callers; who may read it is the core's decision (``RERANKER_CACHE_SCOPE``),
-made per entry from the endpoint that paid for it. Keys are keyed digests (``digests.py``),
-so the cache holds no text and no API key. Bounded by entries and by bytes (least recently
+made per entry from the endpoint that paid for it. Keys are keyed digests (``digests.py``:
+16-byte BLAKE2b where replicas share a store, the process's keyed string hash otherwise), so
+the cache holds no text and no API key. Bounded by entries and by bytes (least recently
 used goes first) and by age (TTL).
 """
 
@@ -16,6 +17,9 @@ from collections.abc import Callable, Sequence
 
 # What one entry costs: the 48-byte key object, the entry tuple, the tag, the OrderedDict link.
 ENTRY_BYTES = 280
+
+# A pair's name: ``Digests.pairs`` (bytes) or ``Digests.local_pairs`` (int).
+PairKey = bytes | int
 
 # (logit, expiry, tag of the endpoint that answered it)
 Entry = tuple[float, float, bytes]
@@ -33,7 +37,7 @@ class ScoreCache:
         self._capacity = max(0, min(max_entries, max_bytes // ENTRY_BYTES))
         self._ttl_s = ttl_s
         self._clock = clock
-        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+        self._entries: OrderedDict[PairKey, Entry] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -48,7 +52,7 @@ class ScoreCache:
     def size_bytes(self) -> int:
         return len(self._entries) * ENTRY_BYTES
 
-    def get_many(self, keys: Sequence[bytes]) -> list[Entry | None]:
+    def get_many(self, keys: Sequence[PairKey]) -> list[Entry | None]:
         """The entry of each key, or None; expired entries are misses. Hits are counted by
         the reader (``count``), which may not be allowed to read every entry it finds."""
         entries = self._entries
@@ -70,7 +74,7 @@ class ScoreCache:
         self.hits += hits
         self.misses += misses
 
-    def put_many(self, keys: Sequence[bytes], logits: Sequence[float], tag: bytes) -> None:
+    def put_many(self, keys: Sequence[PairKey], logits: Sequence[float], tag: bytes) -> None:
         """Scores the endpoint ``tag`` answered: new entries go last (most recent)."""
         if not self._capacity:
             return
