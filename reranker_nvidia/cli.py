@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from reranker_nvidia.core.upstream.table import EndpointTableError
+    from reranker_nvidia.core.upstream.routing.table import EndpointTableError
     from reranker_nvidia.server.assembly import build_core
     from reranker_nvidia.server.files import raise_file_limit
     from reranker_nvidia.server.sidecar import SidecarServer

@@ -21,7 +21,7 @@ Images, as NIM's vision-language models take them: a passage is ``{"text": ...}`
 ``{"image": "data:image/png;base64,..."}`` or both; one with neither is a 422. An image must
 be a base64 data URL: a URL, an asset id, bare base64, bad base64, bytes that are no image, an
 image sent to a text-only model and a format the model does not take are each a 400
-``{"detail": "..."}`` (formats from ``core/catalog.py``; a model the catalog does not know
+``{"detail": "..."}`` (formats from ``core/targets/catalog.py``; a model the catalog does not know
 takes PNG and JPEG, as every VL NIM does). ``"text": ""`` beside an image is accepted, as a
 lenient NIM would (LangChain sends it; NIM's API wants ``text`` left out of an image-only
 passage), and recorded: ``RecordedCall.image_only_with_text`` lets tests check that the
@@ -55,8 +55,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
-from reranker_nvidia.core.catalog import DEFAULT_CATALOG, FORMAT_NAMES, PNG_JPEG
-from reranker_nvidia.core.images import Image, ImageLimits, parse_image
+from reranker_nvidia.core.documents.images import Image, ImageLimits, parse_image
+from reranker_nvidia.core.targets.catalog import DEFAULT_CATALOG, FORMAT_NAMES, PNG_JPEG
 from reranker_nvidia.errors import RerankError, invalid_argument
 from reranker_nvidia.nim_schema import (
     NIM_MAX_PASSAGES,

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from reranker_nvidia.core.model_ids import check_model_id
 from reranker_nvidia.core.score_scale import ScoreScales
+from reranker_nvidia.core.targets.model_ids import check_model_id
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.nim_schema import NIM_MAX_PASSAGES, NimTruncate
 
@@ -78,7 +78,8 @@ class Settings(BaseSettings):
     cache_ttl_s: float = Field(default=3600.0, gt=0)
     cache_scope: Literal["verified", "key", "shared"] = "verified"
     coalesce_window_ms: float = Field(default=3.0, ge=0)
-    # Images (core/images.py): decoded bytes per image and per request; which models take them.
+    # Images (core/documents/images.py): decoded bytes per image and per request; which models
+    # take them.
     max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     max_request_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     vl_models: Annotated[tuple[str, ...], NoDecode] = ()

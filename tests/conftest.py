@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bench.processes import RedisServer
-from reranker_nvidia.core.ssrf import Resolver
+from reranker_nvidia.core.trust.ssrf import Resolver
 from reranker_nvidia.server.assembly import build_core
 from reranker_nvidia.server.sidecar import SidecarServer
 from tests.support import (

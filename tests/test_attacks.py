@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 
 from reranker_nvidia.client import AsyncRerankerClient, RerankerClient
-from reranker_nvidia.core.ssrf import check_url_text, is_forbidden_address
+from reranker_nvidia.core.trust.ssrf import check_url_text, is_forbidden_address
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
 from reranker_nvidia.errors import ErrorCode, RerankError
 from reranker_nvidia.server.sidecar import SidecarServer

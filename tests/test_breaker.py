@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from reranker_nvidia.core.upstream.breaker import (
+from reranker_nvidia.core.upstream.routing.breaker import (
     REASON_FAILURES,
     REASON_NOT_READY,
     REASON_OPEN_PERIOD_OVER,

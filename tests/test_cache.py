@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from reranker_nvidia.core import RankOptions
-from reranker_nvidia.core.score_cache import ENTRY_BYTES, ScoreCache
+from reranker_nvidia.core.cache.score_cache import ENTRY_BYTES, ScoreCache
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
 from reranker_nvidia.errors import ErrorCode, RerankError
 from reranker_nvidia.server.assembly import build_core

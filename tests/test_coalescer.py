@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from reranker_nvidia.core.coalescer import SIBLING_WAIT_WINDOWS, Coalescer
-from reranker_nvidia.core.passages import Passage
-from reranker_nvidia.core.targets import Endpoint, Route, Target
+from reranker_nvidia.core.documents.passages import Passage
+from reranker_nvidia.core.targets.target import Endpoint, Route, Target
 from reranker_nvidia.core.upstream.answers import UpstreamRanking
 from reranker_nvidia.errors import ErrorCode, RerankError
 from reranker_nvidia.types import Usage

@@ -21,7 +21,11 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from reranker_nvidia.core.upstream.table import READY_PATH, EndpointSpec, load_endpoint_table
+from reranker_nvidia.core.upstream.routing.table import (
+    READY_PATH,
+    EndpointSpec,
+    load_endpoint_table,
+)
 from reranker_nvidia.settings import KEY_VARIABLES, Settings
 from tests.conftest import SidecarFactory
 from tests.support import SCRIPT

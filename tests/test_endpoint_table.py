@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reranker_nvidia.core.upstream.table import (
+from reranker_nvidia.core.upstream.routing.table import (
     MAX_ENDPOINTS,
     READY_PATH,
     EndpointSpec,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reranker_nvidia.core.endpoints import resolve_endpoint
-from reranker_nvidia.core.model_ids import normalise_model
+from reranker_nvidia.core.targets.endpoints import resolve_endpoint
+from reranker_nvidia.core.targets.model_ids import normalise_model
 
 HOSTED_LEGACY = "https://ai.api.nvidia.com/v1/retrieval/nvidia/reranking"
 HOSTED_LLAMA = "https://ai.api.nvidia.com/v1/retrieval/nvidia/llama-3_2-nv-rerankqa-1b-v2/reranking"

@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from reranker_nvidia.core.upstream.breaker import BreakerState, CircuitBreaker
-from reranker_nvidia.core.upstream.health import HealthPoller, health_url
-from reranker_nvidia.core.upstream.routing import EndpointState
-from reranker_nvidia.core.upstream.table import EndpointSpec
+from reranker_nvidia.core.upstream.routing.breaker import BreakerState, CircuitBreaker
+from reranker_nvidia.core.upstream.routing.health import HealthPoller, health_url
+from reranker_nvidia.core.upstream.routing.router import EndpointState
+from reranker_nvidia.core.upstream.routing.table import EndpointSpec
 
 
 def _endpoint(

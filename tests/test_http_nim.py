@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from reranker_nvidia.core.catalog import DEFAULT_CATALOG
+from reranker_nvidia.core.targets.catalog import DEFAULT_CATALOG
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
 from tests.conftest import SidecarFactory
 from tests.support import REQUEST_KEY, SERVER_KEY, Emulator, Sidecar

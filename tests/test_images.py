@@ -1,6 +1,6 @@
-"""Images enter the sidecar in one place, core/images.py: every form a client sends is read,
-everything hostile is refused with a message naming the field, and the limits hold before any
-decoding. The catalog says which model takes what."""
+"""Images enter the sidecar in one place, core/documents/images.py: every form a client sends
+is read, everything hostile is refused with a message naming the field, and the limits hold
+before any decoding. The catalog says which model takes what."""
 
 from __future__ import annotations
 
@@ -11,14 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reranker_nvidia.core.catalog import (
-    ALL_FORMATS,
-    DEFAULT_CATALOG,
-    PNG_JPEG,
-    Catalog,
-)
-from reranker_nvidia.core.endpoints import resolve_endpoint
-from reranker_nvidia.core.images import (
+from reranker_nvidia.core.documents.images import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_REQUEST_IMAGE_BYTES,
     Image,
@@ -30,6 +23,13 @@ from reranker_nvidia.core.images import (
     parse_image,
     sniff,
 )
+from reranker_nvidia.core.targets.catalog import (
+    ALL_FORMATS,
+    DEFAULT_CATALOG,
+    PNG_JPEG,
+    Catalog,
+)
+from reranker_nvidia.core.targets.endpoints import resolve_endpoint
 from reranker_nvidia.errors import ErrorCode, RerankError
 from tests.image_samples import RED_SQUARE, RED_SQUARE_B64, data_url, pillow, square
 

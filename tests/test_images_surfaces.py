@@ -16,7 +16,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from reranker_nvidia.client import RerankerClient
-from reranker_nvidia.core.images import sniff
+from reranker_nvidia.core.documents.images import sniff
 from reranker_nvidia.emulator import image_words, lexical_logit, terms
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.types import Document, Hit

@@ -26,8 +26,8 @@ import pytest
 import redis
 
 from bench.processes import RedisServer
-from reranker_nvidia.core.endpoints import ConfiguredBase, resolve_endpoint
-from reranker_nvidia.core.model_ids import MODEL_ID
+from reranker_nvidia.core.targets.endpoints import ConfiguredBase, resolve_endpoint
+from reranker_nvidia.core.targets.model_ids import MODEL_ID
 from reranker_nvidia.core.upstream.fair_slots import FairSlots
 from reranker_nvidia.emulator import lexical_logit, terms
 from reranker_nvidia.errors import RerankError

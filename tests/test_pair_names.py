@@ -16,10 +16,10 @@ import pytest
 from pydantic import SecretStr
 
 from reranker_nvidia.core import RankOptions
-from reranker_nvidia.core import digests as digests_module
-from reranker_nvidia.core.images import ImageBudget, ImageLimits, parse_image
-from reranker_nvidia.core.passages import ImagePassage, Passage
+from reranker_nvidia.core.documents.images import ImageBudget, ImageLimits, parse_image
+from reranker_nvidia.core.documents.passages import ImagePassage, Passage
 from reranker_nvidia.core.ranker import Ranker
+from reranker_nvidia.core.trust import digests as digests_module
 from reranker_nvidia.server.assembly import Core, build_core
 from reranker_nvidia.settings import Settings
 from tests.image_samples import BLUE_SQUARE, RED_SQUARE

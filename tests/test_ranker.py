@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from reranker_nvidia.core import Ranker, RankOptions
-from reranker_nvidia.core.targets import NO_KEY_MESSAGE
+from reranker_nvidia.core.targets.target import NO_KEY_MESSAGE
 from reranker_nvidia.emulator import Fault, lexical_logit, terms
 from reranker_nvidia.errors import ErrorCode, RerankError
 from reranker_nvidia.server.assembly import Core, build_core

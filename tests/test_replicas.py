@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from bench.processes import SERVE, SIDECAR_READY, RedisServer, running
-from reranker_nvidia.core.digests import Digests, derive_secret
-from reranker_nvidia.core.endpoints import identity_text
-from reranker_nvidia.core.shared_cache import verified_name
+from reranker_nvidia.core.cache.shared_cache import verified_name
+from reranker_nvidia.core.targets.endpoints import identity_text
+from reranker_nvidia.core.trust.digests import Digests, derive_secret
 from tests.support import SERVER_KEY, Emulator, clean_environment
 
 pytestmark = pytest.mark.slow

@@ -8,10 +8,10 @@ import collections
 
 import pytest
 
-from reranker_nvidia.core.upstream.breaker import BreakerState, CircuitBreaker
 from reranker_nvidia.core.upstream.hedging import HedgeBudget
-from reranker_nvidia.core.upstream.routing import Attempt, EndpointState, Router
-from reranker_nvidia.core.upstream.table import EndpointSpec
+from reranker_nvidia.core.upstream.routing.breaker import BreakerState, CircuitBreaker
+from reranker_nvidia.core.upstream.routing.router import Attempt, EndpointState, Router
+from reranker_nvidia.core.upstream.routing.table import EndpointSpec
 
 M1 = "nvidia/llama-nemotron-rerank-1b-v2"
 M2 = "nvidia/rerank-qa-mistral-4b"

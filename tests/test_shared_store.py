@@ -16,8 +16,8 @@ from pydantic import SecretStr
 
 from bench.processes import RedisServer
 from reranker_nvidia.client import RerankerClient
+from reranker_nvidia.core.cache.store import RETRY_AFTER_FAILURE_S, SharedStore
 from reranker_nvidia.core.metrics import Metrics
-from reranker_nvidia.core.store import RETRY_AFTER_FAILURE_S, SharedStore
 from reranker_nvidia.core.upstream.budget import LocalBudget, NimBudget, Room
 from reranker_nvidia.emulator import Fault
 from reranker_nvidia.errors import ErrorCode, RerankError

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from reranker_nvidia.core.images import sniff
+from reranker_nvidia.core.documents.images import sniff
 from reranker_nvidia.emulator import image_words, lexical_logit, terms
 from tests.conftest import SidecarFactory
 from tests.support import Emulator

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from reranker_nvidia.core.catalog import DEFAULT_CATALOG
+from reranker_nvidia.core.targets.catalog import DEFAULT_CATALOG
 from reranker_nvidia.emulator import lexical_logit, terms
 from reranker_nvidia.settings import DEFAULT_MODEL
 from tests.support import SERVER_KEY, Emulator, Sidecar

@@ -2,19 +2,11 @@
 names exported here, never through its modules."""
 
 from reranker_nvidia.core.admission import Admission
-from reranker_nvidia.core.caller_token import (
-    MISSING_TOKEN_MESSAGE,
-    OPEN_GRPC_SERVICE,
-    OPEN_HTTP_PATHS,
-    TOKEN_HEADER,
-    token_matches,
-)
 from reranker_nvidia.core.coalescer import Coalescer
-from reranker_nvidia.core.hits import collection_options, rerank_hits, rerank_properties
-from reranker_nvidia.core.images import Image, ImageBudget, parse_image
-from reranker_nvidia.core.keys import usable_key
+from reranker_nvidia.core.documents.hits import collection_options, rerank_hits, rerank_properties
+from reranker_nvidia.core.documents.images import Image, ImageBudget, parse_image
+from reranker_nvidia.core.documents.passages import ImagePassage, Passage
 from reranker_nvidia.core.metrics import CONTENT_TYPE, Metrics
-from reranker_nvidia.core.passages import ImagePassage, Passage
 from reranker_nvidia.core.ranker import Ranker, Ranking, RequestLimits, check_top_n
 from reranker_nvidia.core.request_context import (
     REQUEST_ID_HEADER,
@@ -23,7 +15,15 @@ from reranker_nvidia.core.request_context import (
     request_secrets,
 )
 from reranker_nvidia.core.score_scale import Surface
-from reranker_nvidia.core.targets import RankOptions
+from reranker_nvidia.core.targets.target import RankOptions
+from reranker_nvidia.core.trust.caller_token import (
+    MISSING_TOKEN_MESSAGE,
+    OPEN_GRPC_SERVICE,
+    OPEN_HTTP_PATHS,
+    TOKEN_HEADER,
+    token_matches,
+)
+from reranker_nvidia.core.trust.keys import usable_key
 
 __all__ = [
     "CONTENT_TYPE",

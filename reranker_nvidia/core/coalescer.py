@@ -25,9 +25,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from reranker_nvidia.core.passages import ImagePassage, Passage
-from reranker_nvidia.core.score_cache import PairKey
-from reranker_nvidia.core.targets import Target
+from reranker_nvidia.core.cache.score_cache import PairKey
+from reranker_nvidia.core.documents.passages import ImagePassage, Passage
+from reranker_nvidia.core.targets.target import Target
 from reranker_nvidia.core.upstream.answers import UpstreamRanking
 from reranker_nvidia.types import Usage
 

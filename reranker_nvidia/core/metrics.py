@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from reranker_nvidia.core.upstream.retry_budget import RatioBudget
-    from reranker_nvidia.core.upstream.routing import EndpointState
+    from reranker_nvidia.core.upstream.routing.router import EndpointState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (

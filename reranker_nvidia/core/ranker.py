@@ -20,20 +20,30 @@ from dataclasses import dataclass, field
 from typing import Literal, cast
 
 from reranker_nvidia.core.admission import Admission
-from reranker_nvidia.core.catalog import Catalog
+from reranker_nvidia.core.cache.score_cache import PairKey, ScoreCache
+from reranker_nvidia.core.cache.shared_cache import Grant, SharedScores
 from reranker_nvidia.core.coalescer import Coalescer
-from reranker_nvidia.core.digests import Digests
-from reranker_nvidia.core.images import ImageBudget, ImageLimits, check_model_takes, detect_blob
+from reranker_nvidia.core.documents.images import (
+    ImageBudget,
+    ImageLimits,
+    check_model_takes,
+    detect_blob,
+)
+from reranker_nvidia.core.documents.passages import (
+    ImagePassage,
+    Passage,
+    cache_item,
+    image_cache_bytes,
+)
 from reranker_nvidia.core.metrics import Metrics
-from reranker_nvidia.core.passages import ImagePassage, Passage, cache_item, image_cache_bytes
-from reranker_nvidia.core.redaction import scrub
 from reranker_nvidia.core.request_context import request_secrets
-from reranker_nvidia.core.score_cache import PairKey, ScoreCache
 from reranker_nvidia.core.score_scale import ScoreScales, Surface, scaled
-from reranker_nvidia.core.shared_cache import Grant, SharedScores
-from reranker_nvidia.core.targets import RankOptions, Target, TargetResolver
+from reranker_nvidia.core.targets.catalog import Catalog
+from reranker_nvidia.core.targets.target import RankOptions, Target, TargetResolver
 from reranker_nvidia.core.timeouts import within
-from reranker_nvidia.core.verified_keys import VerifiedKeys
+from reranker_nvidia.core.trust.digests import Digests
+from reranker_nvidia.core.trust.redaction import scrub
+from reranker_nvidia.core.trust.verified_keys import VerifiedKeys
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.types import Usage
 

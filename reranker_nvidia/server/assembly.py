@@ -10,29 +10,29 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from reranker_nvidia.core.admission import Admission
-from reranker_nvidia.core.catalog import Catalog
+from reranker_nvidia.core.cache.score_cache import ScoreCache
+from reranker_nvidia.core.cache.shared_cache import SharedScores
+from reranker_nvidia.core.cache.store import SharedStore
 from reranker_nvidia.core.coalescer import Coalescer
-from reranker_nvidia.core.digests import Digests, derive_secret
-from reranker_nvidia.core.endpoints import is_hosted
-from reranker_nvidia.core.images import ImageLimits
+from reranker_nvidia.core.documents.images import ImageLimits
 from reranker_nvidia.core.metrics import Metrics
 from reranker_nvidia.core.ranker import Ranker, RequestLimits
-from reranker_nvidia.core.score_cache import ScoreCache
-from reranker_nvidia.core.shared_cache import SharedScores
-from reranker_nvidia.core.ssrf import Resolver, system_resolver
-from reranker_nvidia.core.store import SharedStore
-from reranker_nvidia.core.targets import RankOptions, TargetResolver
-from reranker_nvidia.core.upstream.breaker import BreakerState, CircuitBreaker
+from reranker_nvidia.core.targets.catalog import Catalog
+from reranker_nvidia.core.targets.endpoints import is_hosted
+from reranker_nvidia.core.targets.target import RankOptions, TargetResolver
+from reranker_nvidia.core.trust.digests import Digests, derive_secret
+from reranker_nvidia.core.trust.ssrf import Resolver, system_resolver
+from reranker_nvidia.core.trust.verified_keys import VerifiedKeys
 from reranker_nvidia.core.upstream.budget import NimBudget
 from reranker_nvidia.core.upstream.caller import Hedging, UpstreamCaller
-from reranker_nvidia.core.upstream.health import HealthPoller, health_url
 from reranker_nvidia.core.upstream.hedging import HedgeBudget
 from reranker_nvidia.core.upstream.nim_client import NimClient, shared_ssl_context
 from reranker_nvidia.core.upstream.retry import RetryPolicy
 from reranker_nvidia.core.upstream.retry_budget import RatioBudget, RetryBudget
-from reranker_nvidia.core.upstream.routing import EndpointState, Router
-from reranker_nvidia.core.upstream.table import EndpointSpec, load_endpoint_table
-from reranker_nvidia.core.verified_keys import VerifiedKeys
+from reranker_nvidia.core.upstream.routing.breaker import BreakerState, CircuitBreaker
+from reranker_nvidia.core.upstream.routing.health import HealthPoller, health_url
+from reranker_nvidia.core.upstream.routing.router import EndpointState, Router
+from reranker_nvidia.core.upstream.routing.table import EndpointSpec, load_endpoint_table
 from reranker_nvidia.settings import Settings
 from reranker_nvidia.wire import HttpClient
 

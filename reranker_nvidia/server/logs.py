@@ -9,8 +9,8 @@ import logging.handlers
 import queue
 from collections.abc import Callable, Sequence
 
-from reranker_nvidia.core.redaction import escape_controls, scrub
 from reranker_nvidia.core.request_context import request_id, request_secrets
+from reranker_nvidia.core.trust.redaction import escape_controls, scrub
 
 # Lines waiting for the writer thread; past this, lines are dropped (and counted).
 _QUEUED_LINES = 10_000

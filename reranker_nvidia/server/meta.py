@@ -6,11 +6,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from reranker_nvidia import __version__
-from reranker_nvidia.core.catalog import Catalog
-from reranker_nvidia.core.endpoints import resolve_endpoint
-from reranker_nvidia.core.redaction import redact_url
 from reranker_nvidia.core.score_scale import SURFACES
-from reranker_nvidia.core.upstream.routing import EndpointState
+from reranker_nvidia.core.targets.catalog import Catalog
+from reranker_nvidia.core.targets.endpoints import resolve_endpoint
+from reranker_nvidia.core.trust.redaction import redact_url
+from reranker_nvidia.core.upstream.routing.router import EndpointState
 from reranker_nvidia.settings import Settings
 from reranker_nvidia.types import Meta
 

@@ -9,9 +9,9 @@ import signal
 from collections.abc import Sequence
 
 from reranker_nvidia import __version__
-from reranker_nvidia.core.endpoints import is_hosted, resolve_endpoint
-from reranker_nvidia.core.redaction import redact_url
-from reranker_nvidia.core.upstream.table import EndpointSpec
+from reranker_nvidia.core.targets.endpoints import is_hosted, resolve_endpoint
+from reranker_nvidia.core.trust.redaction import redact_url
+from reranker_nvidia.core.upstream.routing.table import EndpointSpec
 from reranker_nvidia.settings import KEY_VARIABLES, Settings
 
 OFFLINE_HINT = (

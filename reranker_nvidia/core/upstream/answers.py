@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from reranker_nvidia.core.redaction import scrub
+from reranker_nvidia.core.trust.redaction import scrub
 from reranker_nvidia.errors import (
     RETRYABLE_UPSTREAM_STATUSES,
     ErrorCode,

@@ -20,8 +20,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from reranker_nvidia.core.cache.store import NAMESPACE, SharedStore
 from reranker_nvidia.core.metrics import Metrics
-from reranker_nvidia.core.store import NAMESPACE, SharedStore
 from reranker_nvidia.errors import ErrorCode, RerankError
 
 WINDOW_S = 60.0

@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reranker_nvidia.core.digests import Digests
+from reranker_nvidia.core.documents.passages import Passage
 from reranker_nvidia.core.metrics import Metrics
-from reranker_nvidia.core.passages import Passage
-from reranker_nvidia.core.targets import Endpoint, Target
+from reranker_nvidia.core.targets.target import Endpoint, Target
+from reranker_nvidia.core.trust.digests import Digests
+from reranker_nvidia.core.trust.verified_keys import VerifiedKeys
 from reranker_nvidia.core.upstream.answers import UpstreamRanking
 from reranker_nvidia.core.upstream.budget import NimBudget
 from reranker_nvidia.core.upstream.fair_slots import FairSlots
@@ -28,8 +29,7 @@ from reranker_nvidia.core.upstream.hedging import HedgeBudget, hedged
 from reranker_nvidia.core.upstream.nim_client import NimClient
 from reranker_nvidia.core.upstream.retry import RetryPolicy
 from reranker_nvidia.core.upstream.retry_budget import RetryBudget
-from reranker_nvidia.core.upstream.routing import Attempt, EndpointState
-from reranker_nvidia.core.verified_keys import VerifiedKeys
+from reranker_nvidia.core.upstream.routing.router import Attempt, EndpointState
 from reranker_nvidia.errors import ErrorCode, RerankError
 
 CALLER_CHOSEN = "caller-chosen"

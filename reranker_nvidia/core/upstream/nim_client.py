@@ -21,16 +21,16 @@ import httpx
 import orjson
 
 from reranker_nvidia import __version__
-from reranker_nvidia.core.passages import Passage, wire_passages
-from reranker_nvidia.core.redaction import redact_url
-from reranker_nvidia.core.ssrf import (
+from reranker_nvidia.core.documents.passages import Passage, wire_passages
+from reranker_nvidia.core.timeouts import within
+from reranker_nvidia.core.trust.redaction import redact_url
+from reranker_nvidia.core.trust.ssrf import (
     BlockedAddressError,
     Resolver,
     checked_address,
     public_addresses,
     system_resolver,
 )
-from reranker_nvidia.core.timeouts import within
 from reranker_nvidia.core.upstream.answers import UpstreamRanking, loads, ranking_from
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.wire import (

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 
 from redis.asyncio.client import Pipeline
 
-from reranker_nvidia.core.digests import DIGEST_BYTES, TAG_BYTES, Digests
+from reranker_nvidia.core.cache.store import NAMESPACE, SharedStore
 from reranker_nvidia.core.metrics import Metrics
-from reranker_nvidia.core.store import NAMESPACE, SharedStore
+from reranker_nvidia.core.trust.digests import DIGEST_BYTES, TAG_BYTES, Digests
 
 _SCORE = NAMESPACE + b"score:"
 _VERIFIED = NAMESPACE + b"verified:"

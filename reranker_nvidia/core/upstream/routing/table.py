@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reranker_nvidia.core.endpoints import is_hosted
-from reranker_nvidia.core.model_ids import check_model_id
-from reranker_nvidia.core.ssrf import parse_base_url
+from reranker_nvidia.core.targets.endpoints import is_hosted
+from reranker_nvidia.core.targets.model_ids import check_model_id
+from reranker_nvidia.core.trust.ssrf import parse_base_url
 from reranker_nvidia.errors import RerankError
 
 if sys.version_info >= (3, 11):

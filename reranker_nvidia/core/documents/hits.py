@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reranker_nvidia.core.images import ImageBudget, parse_image
-from reranker_nvidia.core.passages import ImagePassage, Passage
+from reranker_nvidia.core.documents.images import ImageBudget, parse_image
+from reranker_nvidia.core.documents.passages import ImagePassage, Passage
 from reranker_nvidia.core.ranker import Ranker, check_count, check_top_n
-from reranker_nvidia.core.targets import RankOptions
+from reranker_nvidia.core.targets.target import RankOptions
 from reranker_nvidia.errors import invalid_argument
 from reranker_nvidia.types import Hit, RerankedHit, RerankedHits
 

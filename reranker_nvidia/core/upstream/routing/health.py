@@ -14,8 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
-from reranker_nvidia.core.upstream.routing import EndpointState
-from reranker_nvidia.core.upstream.table import READY_PATH
+from reranker_nvidia.core.upstream.routing.router import EndpointState
+from reranker_nvidia.core.upstream.routing.table import READY_PATH
 
 log = logging.getLogger("reranker_nvidia.upstream")
 

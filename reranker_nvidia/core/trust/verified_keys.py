@@ -7,7 +7,7 @@ anyone, so by default a cached score is read only by a key the endpoint that pai
 answered 2xx for within the cache's TTL; a 401 or 403 from an endpoint drops the key there at
 once. Trust is per (endpoint, key): an endpoint that answers anything (a caller-chosen one, or
 a self-hosted NIM without keys) vouches for keys at itself only. Keys and endpoints are held
-as keyed digests (``digests.py``), never as text; with a shared store the digests are the same
+as keyed digests (``trust/digests.py``), never as text; with a shared store the digests are the same
 in every replica, so that replicas share what they know (``shared_cache.py``).
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from reranker_nvidia.core.shared_cache import SharedScores
+    from reranker_nvidia.core.cache.shared_cache import SharedScores
 
 # Enough for every tenant of a busy deployment at every endpoint; the least recently seen goes
 # first.

@@ -3,7 +3,7 @@ that answered it.
 
 A logit depends only on the model, the truncation and the two texts, so it can be reused
 across requests and callers; who may read it is the core's decision (``RERANKER_CACHE_SCOPE``),
-made per entry from the endpoint that paid for it. Keys are keyed digests (``digests.py``:
+made per entry from the endpoint that paid for it. Keys are keyed digests (``trust/digests.py``:
 16-byte BLAKE2b where replicas share a store, the process's keyed string hash otherwise), so
 the cache holds no text and no API key. Bounded by entries and by bytes (least recently
 used goes first) and by age (TTL).

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from reranker_nvidia.core.model_ids import normalise_model
+from reranker_nvidia.core.targets.model_ids import normalise_model
 
 PNG = "image/png"
 JPEG = "image/jpeg"

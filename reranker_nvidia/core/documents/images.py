@@ -21,7 +21,7 @@ What is refused, each a 400 naming the field:
   (default 32 MiB: the top 20 or 30 pages of a visual search, as VL reranking is used). Both
   are checked from the base64's length before any of it is decoded.
 
-What a model takes is the catalog's business (``core/catalog.py``); ``check_model_takes``
+What a model takes is the catalog's business (``core/targets/catalog.py``); ``check_model_takes``
 applies it.
 """
 
@@ -34,7 +34,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from reranker_nvidia.core.catalog import (
+from reranker_nvidia.core.targets.catalog import (
     BMP,
     DEFAULT_CATALOG,
     FORMAT_NAMES,

@@ -14,7 +14,7 @@ import functools
 import re
 from urllib.parse import quote, urlsplit
 
-from reranker_nvidia.core.model_ids import check_model_id
+from reranker_nvidia.core.targets.model_ids import check_model_id
 from reranker_nvidia.errors import invalid_argument
 
 HOSTED_HOSTS = frozenset({"ai.api.nvidia.com"})

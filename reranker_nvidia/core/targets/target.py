@@ -17,18 +17,18 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from reranker_nvidia.core.digests import Digests
-from reranker_nvidia.core.endpoints import (
+from reranker_nvidia.core.targets.endpoints import (
     ConfiguredBase,
     identity_text,
     is_hosted,
     resolve_endpoint,
 )
-from reranker_nvidia.core.keys import usable_key
-from reranker_nvidia.core.model_ids import check_model_id
-from reranker_nvidia.core.redaction import redact_url
-from reranker_nvidia.core.ssrf import check_url_text, parse_base_url
-from reranker_nvidia.core.upstream.routing import EndpointState, Router
+from reranker_nvidia.core.targets.model_ids import check_model_id
+from reranker_nvidia.core.trust.digests import Digests
+from reranker_nvidia.core.trust.keys import usable_key
+from reranker_nvidia.core.trust.redaction import redact_url
+from reranker_nvidia.core.trust.ssrf import check_url_text, parse_base_url
+from reranker_nvidia.core.upstream.routing.router import EndpointState, Router
 from reranker_nvidia.errors import ErrorCode, RerankError, invalid_argument
 from reranker_nvidia.types import TRUNCATE_VALUES
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 
-from reranker_nvidia.core.upstream.breaker import BreakerState, CircuitBreaker, Permit
 from reranker_nvidia.core.upstream.hedging import LatencyTracker
 from reranker_nvidia.core.upstream.retry_budget import RatioBudget
-from reranker_nvidia.core.upstream.table import EndpointSpec
+from reranker_nvidia.core.upstream.routing.breaker import BreakerState, CircuitBreaker, Permit
+from reranker_nvidia.core.upstream.routing.table import EndpointSpec
 
 # Round-robin credits stay within a few weights of 0; this only guards against a drift that
 # endless changes of the candidate set might cause.

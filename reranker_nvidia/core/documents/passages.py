@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reranker_nvidia.core.images import Image
+from reranker_nvidia.core.documents.images import Image
 
 
 @dataclass(frozen=True, slots=True)

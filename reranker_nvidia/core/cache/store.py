@@ -20,7 +20,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from reranker_nvidia.core.metrics import Metrics
-from reranker_nvidia.core.redaction import redact_url
+from reranker_nvidia.core.trust.redaction import redact_url
 
 log = logging.getLogger("reranker_nvidia.store")
 

@@ -1,0 +1,1 @@
+"""What is reranked: passages (text, images), the images themselves, and Weaviate hits."""

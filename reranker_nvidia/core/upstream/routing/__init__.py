@@ -1,0 +1,1 @@
+"""Which endpoint answers: the endpoint table, the router, health probes, breakers."""
