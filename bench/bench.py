@@ -353,6 +353,10 @@ def replica_commands(env: dict[str, str], emulator_url: str, store_url: str) -> 
         **alone,
         "RERANKER_CACHE_URL": store_url,
         "RERANKER_CACHE_SECRET": "bench-replicas-share-this-secret-0123",
+        # On two loaded cores a store round trip (a ping) now and then outlasts the default
+        # 25 ms, and the store is then skipped for a while: the row counts what sharing
+        # saves, not how often the machine stalls.
+        "RERANKER_CACHE_TIMEOUT_MS": "1000",
     }
     return [(SERVE, shared, SIDECAR_READY)] * 3 + [(SERVE, alone, SIDECAR_READY)] * 3
 
@@ -577,10 +581,12 @@ def report(results: dict[str, Any]) -> str:
         f" requests answered and {flood['upstream_calls']:g} NIM calls made",
         "",
         f"| one slow replica of two ({TAIL_SHARE:.0%} of its calls {TAIL_MS} ms late),"
-        f" {PASSAGES} passages | p50 | p99 | extra calls | hedges won | hedges refused |",
-        "|---|---|---|---|---|---|",
+        f" {PASSAGES} passages | p50 | p99 | requests >= {TAIL_MS} ms | extra calls"
+        " | hedges won | hedges refused |",
+        "|---|---|---|---|---|---|---|",
         *(
             f"| {label} | {slow[f'{key}_p50_ms']:.2f} ms | {slow[f'{key}_p99_ms']:.2f} ms"
+            f" | {slow[f'{key}_late_requests']:g} of {slow[f'{key}_measured']:g}"
             f" | {slow[f'{key}_extra_calls']:g} ({slow[f'{key}_extra_share']:.1%})"
             f" | {slow[f'{key}_hedges_won']:g} | {slow[f'{key}_hedges_refused']:g} |"
             for key, label in (
