@@ -13,7 +13,9 @@ and a fresh query each request (so no cache answers):
 - throughput at concurrency 16 and 64 for ``--seconds`` each: requests/s, as a share of
   direct, and each proxy's CPU time per request (user + system, from ``/proc``).
 
-Prints the rows and the ratios LiteLLM / sidecar, and writes bench/peers.json.
+Prints the rows and the ratios LiteLLM / sidecar, writes bench/peers.json (percentiles) and
+draws the added latency per request, the latency's distribution and the throughput to
+bench/peers.png.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import asyncio
 import os
 import re
 import secrets
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -37,33 +38,29 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.bench import MODEL, cpu_seconds, fresh_query, passage, percentile, publish
 from bench.load import LeanClient
+from bench.measures import MODEL, cpu_seconds, fresh_query, passage, percentile, publish
+from bench.plots import plot_peers
 from bench.processes import (
     EMULATOR_READY,
     SERVE,
     SIDECAR_READY,
     clean_environment,
+    free_port,
     running,
     stop,
 )
 
 RESULTS = Path(__file__).resolve().parent / "peers.json"
+PLOT = Path(__file__).resolve().parent / "peers.png"
 LITELLM_MODEL = "nim-rerank"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @contextmanager
 def litellm_proxy(litellm: str, emulator_url: str) -> Iterator[tuple[int, int, str]]:
     """LiteLLM's proxy with the emulator as its rerank model: (pid, port, master key)."""
     master_key = "sk-" + secrets.token_hex(24)
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "config.yaml"
         config.write_text(
@@ -162,7 +159,10 @@ async def call(client: LeanClient, route: Route, documents: list[str]) -> None:
     await client.post(route.path, orjson.dumps(route.body(fresh_query(), documents)))
 
 
-async def added_latency(all_routes: list[Route], pairs: int) -> dict[str, dict[str, float]]:
+async def added_latency(
+    all_routes: list[Route], pairs: int
+) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
+    """Each route's percentiles, and its latency per request (ms), in rounds."""
     documents = [passage() for _ in range(100)]
     times: dict[str, list[float]] = {route.name: [] for route in all_routes}
     clients = {route.name: route.client() for route in all_routes}
@@ -174,7 +174,7 @@ async def added_latency(all_routes: list[Route], pairs: int) -> dict[str, dict[s
             await call(clients[route.name], route, documents)
             times[route.name].append((time.perf_counter() - start) * 1000)
     direct = times["direct"]
-    return {
+    rows = {
         name: {
             "p50_ms": statistics.median(values),
             "added_p50_ms": statistics.median(values) - statistics.median(direct),
@@ -182,6 +182,7 @@ async def added_latency(all_routes: list[Route], pairs: int) -> dict[str, dict[s
         }
         for name, values in times.items()
     }
+    return rows, times
 
 
 async def throughput(route: Route, concurrency: int, seconds: float) -> dict[str, float]:
@@ -204,9 +205,12 @@ async def throughput(route: Route, concurrency: int, seconds: float) -> dict[str
     return {"requests_per_s": done / elapsed, "cpu_ms_per_request": cpu / done * 1000}
 
 
-async def measure(all_routes: list[Route], pairs: int, seconds: float) -> dict[str, Any]:
+async def measure(
+    all_routes: list[Route], pairs: int, seconds: float
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """The rows, and each route's latency per request (ms), in rounds."""
     try:
-        latency = await added_latency(all_routes, pairs)
+        latency, times = await added_latency(all_routes, pairs)
         rates: dict[str, dict[str, float]] = {}
         for concurrency in (16, 64):
             for route in all_routes:
@@ -217,7 +221,7 @@ async def measure(all_routes: list[Route], pairs: int, seconds: float) -> dict[s
     finally:
         for route in all_routes:
             route.close()
-    return {"latency": latency, "throughput": rates}
+    return {"latency": latency, "throughput": rates}, times
 
 
 def report(results: dict[str, Any]) -> str:
@@ -253,7 +257,9 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def main_async(litellm: str, pairs: int, seconds: float) -> dict[str, Any]:
+async def main_async(
+    litellm: str, pairs: int, seconds: float
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
     env = clean_environment()
     with running(["emulate-nim", "--port", "0"], env, EMULATOR_READY) as (_, emulator):
         emulator_url = f"http://127.0.0.1:{emulator[1]}"
@@ -278,14 +284,33 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=300, help="requests per route, in turn")
     parser.add_argument("--seconds", type=float, default=8, help="per throughput row")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument("--plot", type=Path, default=PLOT, help="where to draw the PNG")
     args = parser.parse_args()
     litellm = os.path.abspath(args.litellm)  # the proxy runs in a folder of its own
     if not re.search(r"litellm$", litellm) or not os.access(litellm, os.X_OK):
         parser.error(f"--litellm: not an executable litellm command: {args.litellm}")
     started = time.perf_counter()
-    results = asyncio.run(main_async(litellm, args.pairs, args.seconds))
+    results, times = asyncio.run(main_async(litellm, args.pairs, args.seconds))
+    draw(results, times, args.plot)
     publish(results, report, args.output, started)
+    print(f"drawn in {args.plot}")
     return 0
+
+
+def draw(results: dict[str, Any], times: dict[str, list[float]], path: Path) -> None:
+    """Each proxy's added latency per request (its call minus the direct call of the same
+    round), every route's latency, and the throughput by concurrency."""
+    direct = times["direct"]
+    added = {
+        name: [value - base for value, base in zip(values, direct, strict=True)]
+        for name, values in times.items()
+        if name != "direct"
+    }
+    rates: dict[str, dict[str, float]] = {}
+    for name, row in results["throughput"].items():
+        route, concurrency = name.rsplit(" ", 1)
+        rates.setdefault(concurrency, {})[route] = row["requests_per_s"]
+    plot_peers(added, times, rates, path)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ and the words their passages are made of."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -12,7 +13,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,52 @@ def running(
         child.stdout.close()
 
 
+# What ``running_together`` takes for each process (its arguments, environment and ready line),
+# and gives back (the process, and the match of its ready line).
+Command = tuple[list[str], dict[str, str], str]
+Started = tuple[subprocess.Popen[str], re.Match[str]]
+
+
+@contextmanager
+def running_together(commands: Sequence[Command]) -> Iterator[list[Started]]:
+    """``running(args, env, ready)`` for each command, all started at once and stopped at once
+    (a process spends its start-up importing, and its stop draining, mostly waiting or on one
+    core): what each gives, in order. If one does not start, those that did are stopped."""
+    managers = [running(args, env, ready) for args, env, ready in commands]
+    with ThreadPoolExecutor(max(1, len(managers))) as pool:
+        starts = [pool.submit(manager.__enter__) for manager in managers]
+    started = [
+        manager
+        for manager, start in zip(managers, starts, strict=True)
+        if start.exception() is None
+    ]
+    try:
+        for start in starts:
+            error = start.exception()
+            if error is not None:
+                raise error
+        yield [start.result() for start in starts]
+    finally:
+        with ThreadPoolExecutor(max(1, len(started))) as pool:
+            stops = [pool.submit(manager.__exit__, None, None, None) for manager in started]
+        for stopped in stops:
+            stopped.result()
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free now: for servers started at the same time as the
+    clients that must know their ports."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
 def stop(child: subprocess.Popen[Any]) -> None:
     """Terminate ``child`` if it still runs, and kill it if it does not stop within 15 s."""
     if child.poll() is None:
@@ -124,9 +172,7 @@ class RedisServer:
                 "redis-server is not installed: `make test` and `make bench` install it (Debian's)"
             )
         self._binary = binary
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
+        self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -23,6 +23,17 @@ from reranker_nvidia.settings import KEY_VARIABLES, Settings
 PROTO_FILE = "reranker_service.proto"
 
 
+def _share(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reranker-nvidia",
@@ -92,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     emulate.add_argument("--api-key", help="require this Bearer key (default: none required)")
     emulate.add_argument(
         "--delay-ms", type=float, default=0.0, help="latency added to every call, in ms"
+    )
+    emulate.add_argument(
+        "--tail-ms", type=float, default=0.0, help="latency added to a share of calls, in ms"
+    )
+    emulate.add_argument(
+        "--tail-share",
+        type=_share,
+        default=0.0,
+        help="the share of calls (0 to 1, drawn at random) --tail-ms delays",
     )
     proto = commands.add_parser(
         "proto",
@@ -241,7 +261,12 @@ def _emulate(args: argparse.Namespace) -> int:
     from reranker_nvidia.server.asgi import AsgiServer
 
     logs.configure("INFO", "text")
-    state = EmulatorState(api_key=args.api_key, delay_s=args.delay_ms / 1000)
+    state = EmulatorState(
+        api_key=args.api_key,
+        delay_s=args.delay_ms / 1000,
+        tail_share=args.tail_share,
+        tail_delay_s=args.tail_ms / 1000,
+    )
 
     async def run() -> None:
         server = AsgiServer(create_emulator_app(state), args.host, args.port, log_level="info")

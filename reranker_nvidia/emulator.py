@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import re
 import zlib
 from collections import Counter, deque
@@ -173,11 +174,17 @@ class Fault:
 
 @dataclass
 class EmulatorState:
-    """Settings and a record of calls; tests hold it to configure and inspect the emulator."""
+    """Settings and a record of calls; tests hold it to configure and inspect the emulator.
+
+    ``delay_s`` delays every call; ``tail_delay_s`` more a random ``tail_share`` of them (a
+    replica with a latency tail, for the benchmark's hedging row).
+    """
 
     api_key: str | None = None
     max_pair_tokens: int = 512
     delay_s: float = 0.0
+    tail_share: float = 0.0
+    tail_delay_s: float = 0.0
     faults: deque[Fault] = field(default_factory=deque)
     calls: list[RecordedCall] = field(default_factory=list)
     in_flight: int = 0
@@ -194,6 +201,8 @@ class EmulatorState:
         self.api_key = None
         self.max_pair_tokens = 512
         self.delay_s = 0.0
+        self.tail_share = 0.0
+        self.tail_delay_s = 0.0
         self.faults.clear()
         self.calls.clear()
         self.in_flight = 0
@@ -224,6 +233,8 @@ def create_emulator_app(state: EmulatorState | None = None) -> FastAPI:
         state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
         try:
             delay = fault.delay_s if fault is not None else state.delay_s
+            if fault is None and state.tail_share and random.random() < state.tail_share:
+                delay += state.tail_delay_s
             if delay:
                 await asyncio.sleep(delay)
             if fault is not None:
