@@ -147,6 +147,9 @@ def sidecar_settings(upstream_url: str, **overrides: Any) -> Settings:
     values.update(overrides)
     if "cache_url" in values:
         values.setdefault("cache_secret", STORE_SECRET)
+        # The default 25 ms is for a store beside the replicas; a loaded test machine can take
+        # longer to answer, and a store that times out is skipped for a while.
+        values.setdefault("cache_timeout_ms", 2000)
     return Settings(**values)
 
 

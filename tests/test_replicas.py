@@ -43,6 +43,9 @@ def start_replicas(
     if store_url is not None:
         env["RERANKER_CACHE_URL"] = store_url
         env["RERANKER_CACHE_SECRET"] = CACHE_SECRET
+        # A loaded test machine can take longer than the default 25 ms to answer, and a store
+        # that times out is skipped for a while.
+        env.setdefault("RERANKER_CACHE_TIMEOUT_MS", "2000")
     urls = []
     for _ in range(3):
         _, ready = stack.enter_context(running(SERVE, env, SIDECAR_READY))
