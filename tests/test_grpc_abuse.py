@@ -2,10 +2,10 @@
 
 Each attack runs against a real sidecar on loopback: in this process where only its gRPC
 answers are watched, in a process of its own where its open files, memory or CPU time are.
-The attacker speaks HTTP/2 frame by frame (hyperframe and hpack, h2's own parts) so that it
-can do what a well-behaved client never would: open more streams than it is allowed, never
-open its flow-control window, reset every stream it opens, flood pings. No bound here is
-tighter than seconds.
+The attacker (bench/abuse.py, which the soak's attacks share) speaks HTTP/2 frame by frame
+so that it can do what a well-behaved client never would: open more streams than it is
+allowed, never open its flow-control window, reset every stream it opens, flood pings. No
+bound here is tighter than seconds.
 """
 
 from __future__ import annotations
@@ -25,21 +25,20 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import hpack
 import httpx
 import pytest
 from grpc import aio as grpc_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from hyperframe.frame import (
-    DataFrame,
-    Frame,
-    GoAwayFrame,
-    HeadersFrame,
-    PingFrame,
-    RstStreamFrame,
-    SettingsFrame,
-)
 
+from bench.abuse import (
+    ENHANCE_YOUR_CALM,
+    HEALTH_CHECK,
+    Peer,
+    closed_by_server,
+    ping_flood,
+    rapid_reset,
+    zero_window,
+)
 from bench.processes import rss_mib, stop
 from reranker_nvidia.server import grpc_limits
 from reranker_nvidia.server.grpc_limits import RequestTimeoutInterceptor, grpc_server_options
@@ -48,142 +47,8 @@ from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 from tests.conftest import SidecarFactory
 from tests.support import SERVE, SERVING, BackgroundLoop, clean_environment, sidecar_settings
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-GET_META = "/reranker_nvidia.v1.RerankerService/GetMeta"
-HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-EMPTY_MESSAGE = b"\x00\x00\x00\x00\x00"  # a gRPC frame holding an empty protobuf message
-REFUSED_STREAM = 7
-CANCEL = 8
-ENHANCE_YOUR_CALM = 11
-# How gRPC refuses a stream past its limit: after its SETTINGS are acknowledged, before.
-REFUSALS = (REFUSED_STREAM, ENHANCE_YOUR_CALM)
 # max_in_flight=8: a call pool of 8 + 64 = 72, of which one connection may hold 8 + 32 = 40.
 SMALL_POOL = 8
-
-
-class Peer:
-    """One HTTP/2 connection to the gRPC port, driven frame by frame."""
-
-    def __init__(self, port: int, *, window: int | None = None) -> None:
-        """``window``: the INITIAL_WINDOW_SIZE this peer announces (0: it takes no answer)."""
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.closed = False
-        self.goaway: GoAwayFrame | None = None
-        self.refused = 0
-        self.statuses: list[str] = []
-        self._encoder = hpack.Encoder()
-        self._decoder = hpack.Decoder()
-        self._buffer = bytearray()
-        self._next_stream = 1
-        settings = SettingsFrame(0)
-        if window is not None:
-            settings.settings[SettingsFrame.INITIAL_WINDOW_SIZE] = window
-        self.send(PREFACE + settings.serialize())
-
-    def send(self, data: bytes) -> None:
-        try:
-            self.sock.sendall(data)
-        except OSError:
-            self.closed = True
-
-    def request(
-        self,
-        path: str = GET_META,
-        *,
-        body: bytes | None = EMPTY_MESSAGE,
-        metadata: tuple[tuple[str, str], ...] = (),
-    ) -> bytes:
-        """The frames of a new call (not sent): its headers, then ``body`` ending the stream
-        (``None``: the request never comes)."""
-        stream = self._next_stream
-        self._next_stream += 2
-        headers = HeadersFrame(stream)
-        headers.data = self._encoder.encode(
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", path),
-                (":authority", "127.0.0.1"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-                *metadata,
-            ]
-        )
-        headers.flags.add("END_HEADERS")
-        if body is None:
-            return headers.serialize()
-        data = DataFrame(stream, body)
-        data.flags.add("END_STREAM")
-        return headers.serialize() + data.serialize()
-
-    def reset(self) -> bytes:
-        """A new call's headers, then its cancellation (the frames, not sent)."""
-        stream = self._next_stream
-        return self.request(body=None) + RstStreamFrame(stream, CANCEL).serialize()
-
-    def read(self, timeout_s: float) -> list[Frame]:
-        """The frames that arrive within ``timeout_s``; SETTINGS and PINGs are acknowledged,
-        as a live client's would be."""
-        frames: list[Frame] = []
-        self.sock.settimeout(timeout_s)
-        try:
-            data = self.sock.recv(1 << 20)
-        except TimeoutError:
-            return frames
-        except OSError:
-            data = b""
-        if not data:
-            self.closed = True
-            return frames
-        self._buffer += data
-        while len(self._buffer) >= 9:
-            frame, length = Frame.parse_frame_header(memoryview(self._buffer[:9]))
-            if len(self._buffer) < 9 + length:
-                break
-            frame.parse_body(memoryview(self._buffer[9 : 9 + length]))
-            del self._buffer[: 9 + length]
-            frames.append(frame)
-            self._note(frame)
-        return frames
-
-    def _note(self, frame: Frame) -> None:
-        if isinstance(frame, GoAwayFrame):
-            self.goaway = frame
-        elif isinstance(frame, RstStreamFrame) and frame.error_code in REFUSALS:
-            self.refused += 1
-        elif isinstance(frame, HeadersFrame):
-            for name, value in self._decoder.decode(frame.data):
-                if name in ("grpc-status", b"grpc-status"):
-                    self.statuses.append(value.decode() if isinstance(value, bytes) else value)
-        if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
-            self.send(SettingsFrame(0, flags=["ACK"]).serialize())
-        elif isinstance(frame, PingFrame) and "ACK" not in frame.flags:
-            self.send(PingFrame(0, frame.opaque_data, flags=["ACK"]).serialize())
-
-    def read_until(self, done: Callable[[Peer], bool], timeout_s: float) -> bool:
-        """Reads until ``done(self)``, the connection closes or ``timeout_s`` passes."""
-        deadline = time.monotonic() + timeout_s
-        while not done(self) and not self.closed and time.monotonic() < deadline:
-            self.read(0.05)
-        return done(self)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def closed_by_server(sock: socket.socket, timeout_s: float) -> bool:
-    """Whether the server closes ``sock`` within ``timeout_s`` (whatever it sends first)."""
-    deadline = time.monotonic() + timeout_s
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            if not sock.recv(65536):
-                return True
-        except TimeoutError:
-            return False
-        except OSError:
-            return True
-    return False
 
 
 def get_meta(target: str, timeout_s: float = 5) -> grpc.StatusCode:
@@ -346,10 +211,9 @@ def test_connections_that_stop_reading_are_closed_with_their_calls(
     make_sidecar: SidecarFactory,
 ) -> None:
     sidecar = make_sidecar(max_in_flight=SMALL_POOL, header_timeout_s=1)
-    peers = [Peer(sidecar.server.grpc_port, window=0) for _ in range(3)]
+    # Together more calls than the pool has; never read again.
+    peers = zero_window(sidecar.server.grpc_port, connections=3, calls=40)
     try:
-        for peer in peers:  # together more calls than the pool has; never read again
-            peer.send(b"".join(peer.request() for _ in range(40)))
         code = eventually_served(lambda: get_meta(sidecar.grpc_target, timeout_s=2), 10)
         assert code is grpc.StatusCode.OK
         assert all(closed_by_server(peer.sock, 5) for peer in peers)
@@ -436,29 +300,24 @@ def test_calls_whose_request_never_arrives_end_at_the_body_timeout(
 
 def test_rapid_reset_is_refused_streams_and_memory_stays_bounded() -> None:
     with sidecar_process() as sidecar:
-        peer = Peer(sidecar.grpc_port)
-        peer.read(0.5)
         before = rss_mib(sidecar.pid)
         flooding = threading.Event()
-
-        def flood() -> None:
-            flooding.set()
-            deadline = time.monotonic() + 2
-            while time.monotonic() < deadline and not peer.closed:
-                peer.send(b"".join(peer.reset() for _ in range(100)))
-                peer.read(0.001)
-
-        attacker = threading.Thread(target=flood, daemon=True)
+        floods = []
+        attacker = threading.Thread(
+            target=lambda: floods.append(rapid_reset(sidecar.grpc_port, 2, flooding)),
+            daemon=True,
+        )
         attacker.start()
         try:
-            flooding.wait(5)
+            assert flooding.wait(5)
             assert get_meta(sidecar.grpc_target) is grpc.StatusCode.OK
         finally:
             attacker.join(10)
-        peer.read_until(lambda peer: peer.refused > 0, 2)
+        (flood,) = floods
+        flood.peer.read_until(lambda peer: peer.refused > 0, 2)
         grown = rss_mib(sidecar.pid) - before
-        peer.close()
-    assert peer.refused > 0, "no stream was refused: nothing bounds the streams being reset"
+        flood.peer.close()
+    assert flood.peer.refused > 0, "no stream was refused: nothing bounds the streams being reset"
     assert grown < 64, f"memory grew by {grown:.0f} MiB in a 2 s rapid reset"
 
 
@@ -467,21 +326,15 @@ def test_rapid_reset_is_refused_streams_and_memory_stays_bounded() -> None:
 
 def test_a_ping_flood_is_sent_goaway_and_closed() -> None:
     with sidecar_process() as sidecar:
-        peer = Peer(sidecar.grpc_port)
-        peer.read(0.5)
         cpu_before = sidecar.cpu_s()
-        pings = PingFrame(0, b"12345678").serialize() * 100
-        deadline = time.monotonic() + 5
-        while peer.goaway is None and not peer.closed and time.monotonic() < deadline:
-            peer.send(pings)
-            peer.read(0.001)
-        assert peer.read_until(lambda peer: peer.goaway is not None, 5)
-        assert peer.goaway is not None
-        assert peer.goaway.error_code == ENHANCE_YOUR_CALM
-        assert peer.goaway.additional_data == b"too_many_pings"
-        assert closed_by_server(peer.sock, 5)
+        flood = ping_flood(sidecar.grpc_port, timeout_s=5)
+        goaway = flood.peer.goaway
+        assert goaway is not None
+        assert goaway.error_code == ENHANCE_YOUR_CALM
+        assert goaway.additional_data == b"too_many_pings"
+        assert closed_by_server(flood.peer.sock, 5)
         assert sidecar.cpu_s() - cpu_before < 1.5
-        peer.close()
+        flood.peer.close()
 
 
 # 5. Header bytes: a huge header is refused with a clear error; the connection stays usable.
