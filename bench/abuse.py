@@ -40,7 +40,7 @@ from hyperframe.frame import (
 )
 
 HOST = "127.0.0.1"
-_CHUNK = 1024 * 1024
+_FILLER = b"a" * (1024 * 1024)  # what huge headers, URLs and bodies are made of, a MiB a write
 # How long a write may wait for the sidecar to read before the attacker takes it that the
 # sidecar stopped reading (it answered, or it is lingering before it closes).
 _STALLED_WRITE_S = 2.0
@@ -142,10 +142,9 @@ async def _attack(port: int, head: bytes, filler: int, tail: bytes, timeout_s: f
     try:
         writer.write(head)
         sent += len(head)
-        chunk = b"a" * _CHUNK
         left = filler
         while left > 0 and not answer.done():
-            piece = chunk if left >= _CHUNK else chunk[:left]
+            piece = _FILLER if left >= len(_FILLER) else _FILLER[:left]
             writer.write(piece)
             sent += len(piece)
             left -= len(piece)
@@ -156,9 +155,13 @@ async def _attack(port: int, head: bytes, filler: int, tail: bytes, timeout_s: f
             sent += len(tail)
         status: int | None = None
         answered_after: float | None = None
-        with contextlib.suppress(asyncio.TimeoutError):
+        try:
             status = await asyncio.wait_for(asyncio.shield(answer), timeout_s)
             answered_after = time.monotonic() - opened_at
+        except asyncio.TimeoutError:
+            answer.cancel()  # it reads no more: what follows reads to the end
+            with contextlib.suppress(asyncio.CancelledError):
+                await answer
         closed = await closed_after(Held(reader, writer, opened_at), timeout_s)
         return Answer(status, answered_after, sent, closed)
     finally:
@@ -346,6 +349,7 @@ class Flood:
     peer: Peer
     frames: int  # frames sent (for a rapid reset: streams opened and reset)
     blocked_s: float = 0.0  # how long the server left the flood unread
+    closed_after_s: float | None = None  # when the server closed the connection, if it did
 
 
 def rapid_reset(port: int, duration_s: float, started: threading.Event | None = None) -> Flood:
@@ -397,8 +401,8 @@ def settings_flood(port: int, duration_s: float) -> Flood:
     flood = Flood(peer, 0)
     peer.sock.settimeout(0.1)
     pending = batch
-    deadline = time.monotonic() + duration_s
-    while (now := time.monotonic()) < deadline:
+    began = time.monotonic()
+    while (now := time.monotonic()) < began + duration_s:
         try:
             pending = pending[peer.sock.send(pending) :]
         except TimeoutError:
@@ -406,6 +410,7 @@ def settings_flood(port: int, duration_s: float) -> Flood:
             continue
         except OSError:
             peer.closed = True
+            flood.closed_after_s = time.monotonic() - began
             break
         if not pending:
             flood.frames += 100

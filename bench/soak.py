@@ -140,7 +140,7 @@ async def soak(duration_s: float, rate: float, seed: int, quick: bool = False) -
                         client_context,
                         ca_pem,
                     )
-                    failed |= await _under_attack(QUICK if quick else FULL, plain, tls)
+                    failed |= await _under_attack(QUICK if quick else FULL, plain, tls, rss)
                 rss.sample()
                 within = rss.peak <= RSS_BOUND_MIB
                 print(
@@ -362,10 +362,12 @@ FILES_SLACK = 16
 # hundred milliseconds among it (measured: up to about 1 s on two cores). A kubelet probe
 # (timeoutSeconds 1, failureThreshold 3) sees an occasional slow answer, not an unready pod.
 FLOOD_PROBE_MAX_S = 2.0
-# The 4-document request under that flood. Shared fairly it waits for a NIM slot or two, for
-# the emulator (on the same two cores as everything else) to reach its call, and for the
-# loop as the probes do; its median, against its median alone, is the fair-share figure.
-FAIR_SHARE_MAX_S = 3.0
+# The 4-document request under that flood must be served within this. Shared fairly it waits
+# for a NIM slot or two, for the emulator (a single process on the same two cores as
+# everything else) to reach its call among the 16 in flight, and for the loop as the probes
+# do (measured: a median of 0.2 to 0.6 s, at most 2.5 s). `make bench` has the precise
+# fair-share row; here it is reported against its latency alone.
+FAIR_SHARE_MAX_S = 5.0
 # Outages of the gRPC port the design allows (plus CLOSE_SLACK_S), and why (every other attack
 # is allowed none): past gRPC's connection cap (grpc_limits.grpc_connection_cap: 1,024 here) a
 # new connection is closed at once until the handshake timeout frees the silent ones;
@@ -542,6 +544,19 @@ class Watch:
                 for thread in threads:
                     await asyncio.to_thread(thread.join)
 
+    async def served_again(self, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) until each probe and each of the other client's kinds
+        of call has been made once more since now, and the latest of each succeeded: what an
+        attack took away must come back."""
+        since = time.monotonic()
+        watched = (self.ready, self.health, self.others_http, self.others_grpc)
+        for _ in range(max(1, round(timeout_s / 0.05))):
+            if all(series.calls and series.calls[-1][0] >= since for series in watched) and all(
+                series.calls[-1][2] for series in watched
+            ):
+                return
+            await asyncio.sleep(0.05)
+
     def _every(self, series: Series | None, probe: Callable[[], str | None]) -> None:
         while not self._stopped.is_set():
             began = time.monotonic()
@@ -614,11 +629,12 @@ class Watch:
 
 @dataclass
 class Outcome:
-    """What an attack itself found: whether the sidecar let go of its connections, and the
-    attack's own checks (each with what was measured)."""
+    """What an attack itself found: whether the sidecar let go of its connections, the
+    attack's own checks (each with what was measured), and what else it saw."""
 
     let_go: str
     checks: list[tuple[str, bool]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -666,8 +682,8 @@ class Row:
             (f"health: max {health_max:.2f} s <= {bound:g}", health_max <= bound, False),
             (
                 f"health: failed {health.failed()}, for {health.outage_s():.1f} s at most "
-                f"(<= {allowed:g})",
-                health.outage_s() <= allowed,
+                f"(<= {allowed:g}); the last one {'served' if _last_ok(health) else 'failed'}",
+                health.outage_s() <= allowed and _last_ok(health),
                 bool(health.failures),
             ),
             (
@@ -679,10 +695,8 @@ class Row:
             (
                 f"others' gRPC: {others_grpc.ok}/{len(others_grpc.calls)} served, failed "
                 f"{others_grpc.failed()}, for {others_grpc.outage_s():.1f} s at most "
-                f"(<= {allowed:g}), the last served",
-                others_grpc.outage_s() <= allowed
-                and bool(others_grpc.calls)
-                and others_grpc.calls[-1][2],
+                f"(<= {allowed:g}); the last one {'served' if _last_ok(others_grpc) else 'failed'}",
+                others_grpc.outage_s() <= allowed and _last_ok(others_grpc),
                 bool(others_grpc.failures),
             ),
             (
@@ -695,6 +709,10 @@ class Row:
     @property
     def held(self) -> bool:
         return all(ok for _, ok in self.checks())
+
+
+def _last_ok(series: Series) -> bool:
+    return bool(series.calls) and series.calls[-1][2]
 
 
 async def _silent(
@@ -782,9 +800,9 @@ async def _stalled_uploads(target: Target, scale: Scale) -> Outcome:
         f"{closed}/{scale.uploads} closed",
         [
             (
-                f"statuses {dict(sorted(statuses.items(), key=str))}: at most {fits} held "
-                f"(RERANKER_MAX_BUFFERED_BODY_BYTES), the rest 503",
-                statuses[408] <= fits and statuses[408] + statuses[503] == scale.uploads,
+                f"statuses {dict(sorted(statuses.items(), key=str))}: the {fits} that "
+                f"RERANKER_MAX_BUFFERED_BODY_BYTES holds time out (408), the rest are 503",
+                statuses[408] == fits and statuses[503] == scale.uploads - fits,
             ),
             (f"every 503 within {at_once:g} s", not refused_late),
             (f"every one closed within {bound:g} s", closed == scale.uploads),
@@ -805,7 +823,7 @@ async def _zero_window(target: Target, scale: Scale) -> Outcome:
     times = [seconds for seconds in closed if seconds is not None]
     slowest = max(times, default=0.0)
     return Outcome(
-        f"{len(times)}/{len(peers)} closed, slowest at {slowest:.1f} s",
+        f"{len(times)}/{len(peers)} closed, the last at {slowest:.1f} s",
         [(f"every one closed within {bound:g} s", len(times) == len(peers) and slowest <= bound)],
     )
 
@@ -859,11 +877,14 @@ async def _ping_flood(target: Target, scale: Scale) -> Outcome:
 async def _settings_flood(target: Target, scale: Scale) -> Outcome:
     flood = await asyncio.to_thread(abuse.settings_flood, target.grpc_port, scale.settings_flood_s)
     flood.peer.close()
+    let_go = "closed by the attacker"
+    if flood.closed_after_s is not None:
+        let_go = f"closed by the sidecar at {flood.closed_after_s:.1f} s"
     note = (
-        f"{flood.frames} SETTINGS sent, unacknowledged; the sidecar left the flood unread "
-        f"{flood.blocked_s:.1f} s of {scale.settings_flood_s:g}"
+        f"{flood.frames} SETTINGS sent, never acknowledged; the sidecar left the flood unread "
+        f"for {flood.blocked_s:.1f} s of the {flood.closed_after_s or scale.settings_flood_s:.1f}"
     )
-    return Outcome("closed by the attacker", [(note, True)])
+    return Outcome(let_go, notes=[note])
 
 
 async def _flood(target: Target, scale: Scale) -> Outcome:
@@ -871,8 +892,21 @@ async def _flood(target: Target, scale: Scale) -> Outcome:
     while a 4-document request is timed, before the flood and under it."""
     url = f"http://127.0.0.1:{target.http_port}/rerank"
     texts = orjson.dumps(documents(scale.flood_documents))
-    flood_statuses: Counter[int | str] = Counter()
+    flood, unloaded, loaded = Series(), Series(), Series()
     stop = asyncio.Event()
+
+    async def post(http: httpx.AsyncClient, series: Series, body: bytes) -> None:
+        began = time.monotonic()
+        failure = None
+        try:
+            response = await http.post(
+                url, content=body, headers={"Content-Type": "application/json"}
+            )
+            if response.status_code != 200:
+                failure = f"HTTP {response.status_code}"
+        except httpx.HTTPError as error:
+            failure = type(error).__name__
+        series.add(began, failure)
 
     async def flooding(client: int) -> None:
         async with httpx.AsyncClient(timeout=120) as http:
@@ -881,52 +915,38 @@ async def _flood(target: Target, scale: Scale) -> Outcome:
                 # A query of its own each time: nothing the flood sends is in the cache.
                 body = b'{"query": "flood %d %d", "documents": %s}' % (client, sent, texts)
                 sent += 1
-                try:
-                    response = await http.post(
-                        url, content=body, headers={"Content-Type": "application/json"}
-                    )
-                    flood_statuses[response.status_code] += 1
-                except httpx.HTTPError as error:
-                    flood_statuses[type(error).__name__] += 1
+                await post(http, flood, body)
 
-    async def timed(http: httpx.AsyncClient, series: Series, tag: str) -> None:
-        began = time.monotonic()
-        failure = None
-        try:
-            response = await http.post(
-                url, json={"query": f"small {tag} {began}", "documents": SMALL_DOCUMENTS}
-            )
-            if response.status_code != 200:
-                failure = f"HTTP {response.status_code}"
-        except httpx.HTTPError as error:
-            failure = type(error).__name__
-        series.add(began, failure)
+    def small(tag: str) -> bytes:
+        return orjson.dumps(
+            {"query": f"small {tag} {time.monotonic()}", "documents": SMALL_DOCUMENTS}
+        )
 
-    unloaded, loaded = Series(), Series()
-    async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S * 6) as http:
+    async with httpx.AsyncClient(timeout=120) as http:
         for _ in range(10):
-            await timed(http, unloaded, "unloaded")
+            await post(http, unloaded, small("alone"))
         clients = [asyncio.create_task(flooding(n)) for n in range(scale.flood_clients)]
         began = time.monotonic()
         while time.monotonic() - began < scale.flood_s:
-            await timed(http, loaded, "loaded")
+            await post(http, loaded, small("flooded"))
             await asyncio.sleep(0.2)
         stop.set()
         await asyncio.gather(*clients)
-    alone, bound_ms = unloaded.latency_ms()[0], scale.seconds(FAIR_SHARE_MAX_S) * 1000
+    alone, bound = unloaded.latency_ms()[0], scale.seconds(FAIR_SHARE_MAX_S)
     p50, worst = loaded.latency_ms()
+    flood_p50 = flood.latency_ms()[0]
     return Outcome(
         "closed by the clients",
         [
             (
-                f"{sum(flood_statuses.values())} flood requests: {dict(flood_statuses)}",
-                set(flood_statuses) == {200},
+                f"{len(flood.calls)} flood requests, {flood.ok} served (p50 "
+                f"{flood_p50 / 1000:.1f} s), failed {flood.failed()}",
+                flood.ok == len(flood.calls),
             ),
             (
-                f"4 documents: alone p50 {alone:.0f} ms; under the flood p50 {p50:.0f} ms, "
-                f"max {worst:.0f} ms <= {bound_ms:.0f}, "
-                f"{loaded.ok}/{len(loaded.calls)} served",
-                worst <= bound_ms and loaded.ok == len(loaded.calls),
+                f"4 documents: alone p50 {alone:.0f} ms; under the flood p50 {p50:.0f} ms, max "
+                f"{worst / 1000:.1f} s (<= {bound:g}), {loaded.ok}/{len(loaded.calls)} served",
+                worst <= bound * 1000 and loaded.ok == len(loaded.calls),
             ),
         ],
     )
@@ -1002,8 +1022,9 @@ def _attacks(scale: Scale) -> list[Attack]:
     ]
 
 
-async def _under_attack(scale: Scale, plain: Target, tls: Target) -> int:
-    """Every attack in turn, each watched (``Watch``) and held to the bounds; one table."""
+async def _under_attack(scale: Scale, plain: Target, tls: Target, rss: RssWatch) -> int:
+    """Every attack in turn, each watched (``Watch``) and held to the bounds; one table.
+    ``rss`` (the plain sidecar's, over the whole soak) takes the peaks seen here."""
     how = (
         f"quick: every attack once, small, bounds on time x{scale.time_factor:g}"
         if scale is QUICK
@@ -1032,7 +1053,10 @@ async def _under_attack(scale: Scale, plain: Target, tls: Target) -> int:
             outcome = await attack.run(target)
             took = time.monotonic() - began
             files_after = await _files_settle(target, files_before)
+            await watch.served_again(attack.grpc_outage_s + scale.seconds(CLOSE_SLACK_S))
         rows.append(Row(attack, watch, outcome, (files_before, files_after), took))
+        if target is plain:
+            rss.peak = max(rss.peak, watch.rss.peak)
     _print_table(rows, scale)
     return 0 if all(row.held for row in rows) else 1
 
@@ -1082,6 +1106,8 @@ def _print_table(rows: list[Row], scale: Scale) -> None:
         print(f"  {row.attack.name}:")
         for check, ok in row.outcome.checks:
             print(f"    {'ok    ' if ok else 'BROKEN'} {check}")
+        for note in row.outcome.notes:
+            print(f"           {note}")
         for check, ok, telling in row.watched():
             if telling or not ok:
                 print(f"    {'ok    ' if ok else 'BROKEN'} {check}")
