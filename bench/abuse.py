@@ -66,13 +66,14 @@ async def open_silent(
 ) -> list[Held]:
     """``count`` connections to ``port`` that send nothing (with ``tls``: nothing after the
     handshake), opened ``batch`` at a time. Those the sidecar refused before they were open
-    (a TLS handshake it cut short) are left out: ``count`` minus the length of the answer."""
+    (a TLS handshake it cut short) are left out: ``count`` minus the length of the answer.
+    Any other failure (this process out of files) raises."""
     held: list[Held] = []
 
     async def one() -> None:
         try:
             reader, writer = await asyncio.open_connection(HOST, port, ssl=tls)
-        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             return
         held.append(Held(reader, writer, time.monotonic()))
 

@@ -952,7 +952,8 @@ async def _flood(target: Target, scale: Scale) -> Outcome:
     )
 
 
-def _attacks(scale: Scale) -> list[Attack]:
+def attacks(scale: Scale) -> list[Attack]:
+    """Every attack of the phase at ``scale``, in the order they run."""
     count = f"{scale.silent:,}"
     slack, probe_max = scale.seconds(CLOSE_SLACK_S), scale.seconds(PROBE_MAX_S)
     return [
@@ -1044,7 +1045,7 @@ async def _under_attack(scale: Scale, plain: Target, tls: Target, rss: RssWatch)
         "/rerank and gRPC Rank calls, on connections it keeps, served/made"
     )
     rows: list[Row] = []
-    for attack in _attacks(scale):
+    for attack in attacks(scale):
         target = tls if attack.on_tls else plain
         watch = Watch(target)
         async with watch.watching():

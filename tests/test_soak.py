@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.soak import QUICK, _attacks
+from bench.soak import QUICK, attacks
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def test_a_short_soak_reports_requests_errors_and_rss_and_holds_under_attack() -
     assert re.search(r"bound \d+ MiB: held", report), report
     # Under attack: one row per attack in the table, each held, each with its own findings.
     assert "under attack (quick: every attack once" in report, report
-    for attack in _attacks(QUICK):
+    for attack in attacks(QUICK):
         row = re.search(rf"^  {re.escape(attack.name)} .*  held ", report, re.M)
         assert row, f"{attack.name!r} has no row that held:\n{report}"
         assert f"  {attack.name}:\n    " in report, report
