@@ -61,6 +61,7 @@ from bench.processes import (
     clean_environment,
     rss_mib,
     running,
+    running_together,
 )
 from reranker_nvidia.client import AsyncRerankerClient
 from reranker_nvidia.errors import RerankError
@@ -125,22 +126,24 @@ async def soak(duration_s: float, rate: float, seed: int, quick: bool = False) -
             running(["emulate-nim", "--port", "0"], env, EMULATOR_READY) as (_, emulator),
         ):
             env["RERANKER_BASE_URL"] = f"http://127.0.0.1:{emulator[1]}"
-            with running(SERVE, env, SIDECAR_READY) as (process, sidecar):
+            # The sidecar under attack over TLS starts with the other one, and waits.
+            tls_env, client_context, ca_pem = _tls_settings(env, Path(directory))
+            with running_together(
+                [(SERVE, env, SIDECAR_READY), (SERVE, tls_env, SIDECAR_READY)]
+            ) as [(process, sidecar), (tls_process, tls_sidecar)]:
                 rss = RssWatch(process.pid)
                 failed = await _soak(duration_s, rate, rss, sidecar)
                 failed |= await _slow_clients(rss, sidecar)
                 failed |= await _hostile_phase(rss, sidecar, hostile_url)
                 plain = Target(process.pid, int(sidecar[1]), int(sidecar[2]))
-                tls_env, client_context, ca_pem = _tls_settings(env, Path(directory))
-                with running(SERVE, tls_env, SIDECAR_READY) as (tls_process, tls_sidecar):
-                    tls = Target(
-                        tls_process.pid,
-                        int(tls_sidecar[1]),
-                        int(tls_sidecar[2]),
-                        client_context,
-                        ca_pem,
-                    )
-                    failed |= await _under_attack(QUICK if quick else FULL, plain, tls, rss)
+                tls = Target(
+                    tls_process.pid,
+                    int(tls_sidecar[1]),
+                    int(tls_sidecar[2]),
+                    client_context,
+                    ca_pem,
+                )
+                failed |= await _under_attack(QUICK if quick else FULL, plain, tls, rss)
                 rss.sample()
                 within = rss.peak <= RSS_BOUND_MIB
                 print(
