@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import collections
 import json
 import logging
-import logging.handlers
-import queue
+import threading
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from reranker_nvidia.core.request_context import request_id, request_secrets
 from reranker_nvidia.core.trust.redaction import escape_controls, scrub
 
 # Lines waiting for the writer thread; past this, lines are dropped (and counted).
 _QUEUED_LINES = 10_000
+# How long a batch of lines logged on the event loop gathers before the writer is woken.
+_GATHER_S = 0.02
 _TRACEBACKS = logging.Formatter()
 
 
@@ -70,28 +74,86 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-class _Handoff(logging.handlers.QueueHandler):
+class _LineWriter:
+    """The thread that formats and writes lines, a batch per write: it sleeps until woken,
+    then writes every line waiting with one call."""
+
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
+        self.records: collections.deque[logging.LogRecord] = collections.deque()
+        self._handler = handler
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Writes every line still waiting, then ends the thread."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait()
+            self._wake.clear()
+            self._write_waiting()
+        self._write_waiting()
+
+    def _write_waiting(self) -> None:
+        records, handler = self.records, self._handler
+        lines = []
+        while records:
+            record = records.popleft()
+            try:
+                lines.append(handler.format(record))
+            except Exception:
+                handler.handleError(record)
+        if lines:
+            lines.append("")
+            try:
+                handler.stream.write("\n".join(lines))
+                handler.flush()
+            except Exception:
+                handler.handleError(logging.makeLogRecord({"msg": "log write failed"}))
+
+
+class _Handoff(logging.Handler):
     """Hands each record to the writer thread once its filter has run here (the request id is
     read from this thread's context, secrets masked); formatting and the write to stderr
-    happen on the writer thread, off the event loop. A full queue drops lines and says how
-    many, rather than growing or blocking the loop."""
+    happen on the writer thread, off the event loop.
 
-    def __init__(self, records: queue.Queue[logging.LogRecord | None]) -> None:
-        super().__init__(records)
-        self._records = records
+    On an event loop the first line of a batch wakes the writer a moment later (``gather_s``),
+    by the loop's own timer, so a busy server signals the writer once per batch, never once
+    per line; from any other thread a line wakes it at once. Past ``_QUEUED_LINES`` waiting,
+    lines are dropped and counted, rather than the backlog growing or the loop blocking."""
+
+    def __init__(self, writer: _LineWriter, gather_s: float) -> None:
+        super().__init__()
+        self._writer = writer
+        self._records = writer.records
+        self._gather_s = gather_s
         self._dropped = 0
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record  # same process: the record crosses threads as it is
-
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            if self._dropped:
-                self._records.put_nowait(_dropped_lines(self._dropped))
-                self._dropped = 0
-            self._records.put_nowait(record)
-        except queue.Full:
+    def emit(self, record: logging.LogRecord) -> None:
+        records = self._records
+        if len(records) >= _QUEUED_LINES:
             self._dropped += 1
+            return
+        was_empty = not records
+        if self._dropped:
+            records.append(_dropped_lines(self._dropped))
+            self._dropped = 0
+        records.append(record)
+        if was_empty:
+            try:
+                asyncio.get_running_loop().call_later(self._gather_s, self._writer.wake)
+            except RuntimeError:
+                self._writer.wake()
 
 
 def _dropped_lines(count: int) -> logging.LogRecord:
@@ -106,28 +168,29 @@ def _dropped_lines(count: int) -> logging.LogRecord:
     )
 
 
-def configure(level: str, log_format: str, secrets: Sequence[str] = ()) -> Callable[[], None]:
-    """Log to stderr in ``log_format``; ``secrets`` never appear in a line. Returns what
-    writes out every line still queued and stops the writer (also run at exit)."""
-    writer = logging.StreamHandler()
+def configure(
+    level: str, log_format: str, secrets: Sequence[str] = (), stream: TextIO | None = None
+) -> Callable[[], None]:
+    """Log to ``stream`` (stderr) in ``log_format``; ``secrets`` never appear in a line.
+    Returns what writes out every line still queued and stops the writer (also run at exit)."""
+    writer = logging.StreamHandler(stream)
     if log_format == "json":
         writer.setFormatter(JsonFormatter())
     else:
         writer.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
         )
-    records: queue.Queue[logging.LogRecord | None] = queue.Queue(_QUEUED_LINES)
-    handler = _Handoff(records)
+    lines = _LineWriter(writer)
+    handler = _Handoff(lines, _GATHER_S)
     handler.addFilter(_RequestIdFilter(secrets))
-    listener = logging.handlers.QueueListener(records, writer)
-    listener.start()
+    lines.start()
     stopped = False
 
     def stop() -> None:
         nonlocal stopped
         if not stopped:
             stopped = True
-            listener.stop()
+            lines.stop()
 
     atexit.register(stop)
     root = logging.getLogger()
