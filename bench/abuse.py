@@ -217,6 +217,7 @@ class Peer:
         self.closed = False
         self.goaway: GoAwayFrame | None = None
         self.refused = 0
+        self.cancelled = 0  # streams the server ended with RST_STREAM CANCEL
         self.statuses: list[str] = []
         self._encoder = hpack.Encoder()
         self._decoder = hpack.Decoder()
@@ -298,6 +299,8 @@ class Peer:
             self.goaway = frame
         elif isinstance(frame, RstStreamFrame) and frame.error_code in REFUSALS:
             self.refused += 1
+        elif isinstance(frame, RstStreamFrame) and frame.error_code == CANCEL:
+            self.cancelled += 1
         elif isinstance(frame, HeadersFrame):
             for name, value in self._decoder.decode(frame.data):
                 if name in ("grpc-status", b"grpc-status"):

@@ -7,7 +7,7 @@ service builds it) is served in a process of its own, as:
 - ``aio``: grpc.aio, the handler returning the answer;
 - ``aio+metadata``: grpc.aio, the handler first sending its initial metadata (the request id),
   as ``rpc/service.py`` does;
-- ``aio+timeout``: grpc.aio with ``RequestTimeoutInterceptor`` (server/grpc_limits.py);
+- ``aio+bounds``: grpc.aio with ``CallBounds`` (server/grpc_calls.py), as the sidecar;
 - ``aio-empty``: grpc.aio answering a prebuilt response (gRPC's own cost, and protobuf's);
 - ``sync``: ``grpc.server(ThreadPoolExecutor(16))``, the same handler;
 
@@ -41,12 +41,13 @@ import grpc
 from grpc import aio as grpc_aio
 
 from bench.processes import WORDS, stop
-from reranker_nvidia.server.grpc_limits import RequestTimeoutInterceptor, grpc_server_options
+from reranker_nvidia.server.grpc_calls import CallBounds
+from reranker_nvidia.server.grpc_limits import grpc_server_options
 from reranker_nvidia.settings import Settings
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 
-SERVERS = ("aio", "aio+metadata", "aio+timeout", "aio-empty", "sync")
+SERVERS = ("aio", "aio+metadata", "aio+bounds", "aio-empty", "sync")
 CLIENTS = ("aio", "sync")
 PASSAGES = int(os.environ.get("GRPC_COMPARE_PASSAGES", "100"))
 MAX_IN_FLIGHT = 256
@@ -103,7 +104,7 @@ async def _serve_aio(kind: str) -> None:
 
     behaviour = {"aio-empty": empty, "aio+metadata": rank_with_metadata}.get(kind, rank)
     server = grpc_aio.server(
-        interceptors=[RequestTimeoutInterceptor(30)] if kind == "aio+timeout" else None,
+        interceptors=[CallBounds(30, MAX_IN_FLIGHT + 64)] if kind == "aio+bounds" else None,
         maximum_concurrent_rpcs=MAX_IN_FLIGHT + 64,
         options=_options(),
     )

@@ -104,12 +104,31 @@ def logits(cache: ScoreCache, keys: list[bytes]) -> list[float | None]:
     return [None if entry is None else entry[0] for entry in cache.get_many(keys)]
 
 
-def test_least_recently_used_entries_go_first() -> None:
-    cache = ScoreCache(max_entries=2, max_bytes=10**9, ttl_s=60)
-    cache.put_many([b"a", b"b"], [1.0, 2.0], TAG)
-    assert logits(cache, [b"a"]) == [1.0]  # a is now the most recent
-    cache.put_many([b"c"], [3.0], TAG)
-    assert logits(cache, [b"a", b"b", b"c"]) == [1.0, None, 3.0]
+def keys(name: str, count: int) -> list[bytes]:
+    return [f"{name}{index}".encode() for index in range(count)]
+
+
+def test_scores_in_use_outlive_those_not_used() -> None:
+    cache = ScoreCache(max_entries=100, max_bytes=10**9, ttl_s=60)  # generations of 50
+    first, used = keys("a", 50), keys("a", 10)
+    cache.put_many(first, [1.0] * 50, TAG)
+    cache.put_many(keys("b", 30), [2.0] * 30, TAG)  # the first 50 are now the old generation
+    assert logits(cache, used) == [1.0] * 10  # read: back to the young generation
+    cache.put_many(keys("c", 20), [3.0] * 20, TAG)  # the old generation is dropped
+    everything = used + first[10:] + keys("b", 30) + keys("c", 20)
+    assert logits(cache, everything) == [1.0] * 10 + [None] * 40 + [2.0] * 30 + [3.0] * 20
+    assert len(cache) <= 100
+
+
+def test_the_entry_bound_holds_whatever_the_requests() -> None:
+    cache = ScoreCache(max_entries=100, max_bytes=10**9, ttl_s=60)
+    for size in (1, 7, 49, 50, 51, 99, 100, 101, 250, 3):
+        cache.put_many(keys(f"r{size}-", size), [1.0] * size, TAG)
+        assert len(cache) <= 100
+        logits(cache, keys("r1-", 1) + keys("r49-", 49))
+        assert len(cache) <= 100
+    # A request larger than a generation keeps its most recent pairs.
+    assert logits(cache, keys("r3-", 3)) == [1.0] * 3
 
 
 def test_an_entry_remembers_the_endpoint_that_answered_it() -> None:
@@ -125,7 +144,7 @@ def test_an_entry_remembers_the_endpoint_that_answered_it() -> None:
 def test_the_byte_bound_limits_entries() -> None:
     cache = ScoreCache(max_entries=1000, max_bytes=3 * ENTRY_BYTES, ttl_s=60)
     cache.put_many([bytes([i]) for i in range(10)], [float(i) for i in range(10)], TAG)
-    assert len(cache) == 3
+    assert 0 < len(cache) <= 3
     assert cache.size_bytes <= 3 * ENTRY_BYTES
     assert logits(cache, [b"\x09", b"\x00"]) == [9.0, None]
 

@@ -41,7 +41,8 @@ from bench.abuse import (
 )
 from bench.processes import rss_mib, stop
 from reranker_nvidia.server import grpc_limits
-from reranker_nvidia.server.grpc_limits import RequestTimeoutInterceptor, grpc_server_options
+from reranker_nvidia.server.grpc_calls import CallBounds
+from reranker_nvidia.server.grpc_limits import grpc_server_options
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.v1 import reranker_service_pb2_grpc as pb_grpc
 from tests.conftest import SidecarFactory
@@ -55,6 +56,18 @@ def get_meta(target: str, timeout_s: float = 5) -> grpc.StatusCode:
     try:
         with grpc.insecure_channel(target) as channel:
             pb_grpc.RerankerServiceStub(channel).GetMeta(pb.GetMetaRequest(), timeout=timeout_s)
+    except grpc.RpcError as error:
+        code: grpc.StatusCode = error.code()
+        return code
+    return grpc.StatusCode.OK
+
+
+def health_check(target: str, timeout_s: float = 5) -> grpc.StatusCode:
+    try:
+        with grpc.insecure_channel(target) as channel:
+            health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
     except grpc.RpcError as error:
         code: grpc.StatusCode = error.code()
         return code
@@ -207,6 +220,29 @@ def test_one_connection_that_takes_no_answer_cannot_hold_every_call(
         peer.close()
 
 
+def test_answers_nobody_takes_give_their_places_to_other_callers(
+    make_sidecar: SidecarFactory,
+) -> None:
+    """Connections that stay alive (they answer pings) but never open their window hold more
+    calls than the pool has; every other caller, health checks included, is served once
+    those answers have waited EVICTABLE_AFTER_S, and the connections are not cut off."""
+    sidecar = make_sidecar(max_in_flight=SMALL_POOL)  # keepalive 10 s, connection age 300 s
+    target = sidecar.grpc_target
+    peers = [Peer(sidecar.server.grpc_port, window=0) for _ in range(3)]
+    try:
+        for peer in peers:
+            peer.send(b"".join(peer.request() for _ in range(40)))
+        with reading(peers):
+            served = eventually_served(lambda: get_meta(target, timeout_s=2), 10)
+            assert served is grpc.StatusCode.OK
+            assert [get_meta(target) for _ in range(20)] == [grpc.StatusCode.OK] * 20
+            assert [health_check(target) for _ in range(5)] == [grpc.StatusCode.OK] * 5
+        assert not any(peer.closed for peer in peers)
+    finally:
+        for peer in peers:
+            peer.close()
+
+
 def test_connections_that_stop_reading_are_closed_with_their_calls(
     make_sidecar: SidecarFactory,
 ) -> None:
@@ -243,15 +279,15 @@ def test_connections_that_answer_pings_but_take_no_answer_end_at_their_age(
 
 @pytest.fixture
 def health_server(background: BackgroundLoop) -> Iterator[grpc_aio.Server]:
-    """A gRPC server as the sidecar builds it (options, pool) with the request timeout,
+    """A gRPC server as the sidecar builds it (options, pool, call bounds of 1 s),
     serving the health service; port in ``server.port``."""
     settings = sidecar_settings("http://127.0.0.1:9", max_in_flight=SMALL_POOL)
     pool = SMALL_POOL + 64
 
     async def start() -> tuple[grpc_aio.Server, int]:
         server = grpc_aio.server(
-            interceptors=[RequestTimeoutInterceptor(1.0)],
-            maximum_concurrent_rpcs=pool,
+            interceptors=[CallBounds(1.0, pool)],
+            maximum_concurrent_rpcs=2 * pool,
             options=grpc_server_options(settings, max_concurrent_rpcs=pool),
         )
         servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]

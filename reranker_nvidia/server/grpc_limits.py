@@ -7,29 +7,22 @@ is no cap on connections, a connection may open as many streams as it likes and 
 one's slot in the pool for as long as it does not take the answer (a flow-control window
 that never opens), or does not finish sending the request. ``grpc_server_options`` sets the
 channel arguments that bound each of these, from the sidecar's settings;
-``RequestTimeoutInterceptor`` adds the one bound the channel arguments cannot give (a request
-that never finishes arriving). tests/test_grpc_abuse.py attacks a real sidecar with each.
+``grpc_calls.CallBounds`` adds what channel arguments cannot give: a request that never
+finishes arriving, an answer nobody takes, and a pool such calls cannot lock others out of.
+tests/test_grpc_abuse.py attacks a real sidecar with each.
 
 What the core offers no bound for stays open: frames that need no answer or only an
 acknowledgement (SETTINGS, WINDOW_UPDATE, PRIORITY, PING acknowledgements, unknown types)
 cost CPU in proportion to the peer's bandwidth for as long as it reads; a PING flood is sent
 GOAWAY at its third ping, but the pings already on their way are still read and answered;
-and many connections, each holding its share of streams whose answers it never takes, can
-still fill ``maximum_concurrent_rpcs`` until the keepalive (if they stop reading) or the
-connection age ends them. None of these stops the HTTP server or its readiness probe.
+and streaming calls (the health service's Watch) that many connections keep open can fill
+``maximum_concurrent_rpcs`` until the keepalive (if they stop reading) or the connection age
+ends them. None of these stops the HTTP server or its readiness probe.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import resource
-import sys
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-
-import grpc
-from grpc import aio as grpc_aio
 
 from reranker_nvidia.server.files import RESERVED_FILES
 from reranker_nvidia.settings import Settings
@@ -150,70 +143,3 @@ def grpc_server_options(
         ("grpc.max_metadata_size", METADATA_SOFT_LIMIT),
         ("grpc.absolute_max_metadata_size", METADATA_HARD_LIMIT),
     ]
-
-
-if TYPE_CHECKING:  # generic only in the type stubs
-    _Interceptor = grpc_aio.ServerInterceptor[Any, Any]
-    _Handler = grpc.RpcMethodHandler[Any, Any]
-    _Context = grpc_aio.ServicerContext[Any, Any]
-else:
-    _Interceptor = grpc_aio.ServerInterceptor
-    _Handler = grpc.RpcMethodHandler
-    _Context = grpc_aio.ServicerContext
-_EOF: object = grpc_aio.EOF  # type: ignore[attr-defined]  # missing from the type stubs
-
-
-class RequestTimeoutInterceptor(_Interceptor):
-    """Ends a unary call whose request has not arrived within ``timeout_s`` of the call's
-    start with DEADLINE_EXCEEDED, as the HTTP server answers 408 to a body that does not.
-
-    gRPC receives a unary call's request before the method runs, and waits for it as long as
-    the client likes while the call holds its place in ``maximum_concurrent_rpcs``; this
-    turns each unary method into one that reads its request itself, within the time. Other
-    methods (the health service's Watch, reflection) pass through unchanged.
-    """
-
-    def __init__(self, timeout_s: float, setting: str = "RERANKER_BODY_TIMEOUT_S") -> None:
-        self._timeout_s = timeout_s
-        self._message = f"request: not received within {timeout_s:g} s ({setting})"
-        # One wrapper per handler, made on its first call (handlers are few and long-lived).
-        self._wrapped: dict[_Handler, _Handler] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
-        details: grpc.HandlerCallDetails,
-    ) -> _Handler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        wrapped = self._wrapped.get(handler)
-        if wrapped is None:
-            unary = inspect.iscoroutinefunction(handler.unary_unary)
-            wrapped = self._wrapped[handler] = self._wrap(handler) if unary else handler
-        return wrapped
-
-    def _wrap(self, handler: _Handler) -> _Handler:
-        unary: Any = handler.unary_unary
-        timeout_s, message = self._timeout_s, self._message
-
-        async def answer(requests: object, context: _Context) -> Any:
-            try:
-                if sys.version_info >= (3, 11):
-                    async with asyncio.timeout(timeout_s):
-                        request = await context.read()
-                else:
-                    request = await asyncio.wait_for(context.read(), timeout_s)
-            except asyncio.TimeoutError:
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
-            if request is _EOF:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: no message")
-            return await unary(request, context)
-
-        factory: Any = grpc.stream_unary_rpc_method_handler
-        wrapped: _Handler = factory(
-            answer,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        return wrapped

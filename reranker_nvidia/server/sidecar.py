@@ -16,11 +16,8 @@ from reranker_nvidia.rpc.auth import TokenInterceptor
 from reranker_nvidia.rpc.service import RerankerService, add_to_server
 from reranker_nvidia.server.assembly import Core, build_core
 from reranker_nvidia.server.files import default_max_connections
-from reranker_nvidia.server.grpc_limits import (
-    RequestTimeoutInterceptor,
-    grpc_connection_cap,
-    grpc_server_options,
-)
+from reranker_nvidia.server.grpc_calls import CallBounds
+from reranker_nvidia.server.grpc_limits import grpc_connection_cap, grpc_server_options
 from reranker_nvidia.server.meta import describe, endpoint_states, live_meta, served_models
 from reranker_nvidia.server.startup import (
     StartupError,
@@ -36,6 +33,8 @@ from reranker_nvidia.wire import HttpServer, ServerLimits
 log = logging.getLogger("reranker_nvidia.server")
 
 GRPC_HEADROOM = 64
+# gRPC's own call limit, per place in CallBounds' pool (see grpc_calls.py).
+GRPC_CORE_CALLS_PER_PLACE = 4
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RerankerService"].full_name
 
 
@@ -107,21 +106,21 @@ class SidecarServer:
                 ) from None
         # A grpc.aio server belongs to the loop it is created in: create it in the serving loop.
         token = settings.auth_token
-        # A request that never finishes arriving is ended, as an HTTP body is (408); the
-        # caller token is checked before any method runs.
+        # Each unary call is bounded in time (its request, its answer) and in the call pool
+        # (grpc_calls.py); the caller token is checked before any method runs.
+        pool = settings.max_in_flight + GRPC_HEADROOM
         interceptors: list[grpc_aio.ServerInterceptor] = [  # type: ignore[type-arg]
-            RequestTimeoutInterceptor(settings.body_timeout_s)
+            CallBounds(settings.body_timeout_s, pool)
         ]
         if token:
             interceptors.append(TokenInterceptor(token.get_secret_value()))
         self._grpc = grpc_server = grpc_aio.server(
             interceptors=interceptors,
-            # Past this, gRPC itself answers RESOURCE_EXHAUSTED at once; the headroom above
-            # RERANKER_MAX_IN_FLIGHT lets admission answer first and health checks through.
-            maximum_concurrent_rpcs=self.settings.max_in_flight + GRPC_HEADROOM,
-            options=grpc_server_options(
-                self.settings, max_concurrent_rpcs=self.settings.max_in_flight + GRPC_HEADROOM
-            ),
+            # gRPC's own limit, past which it answers RESOURCE_EXHAUSTED before any
+            # interceptor: above the pool, so that CallBounds decides for unary calls and
+            # this bounds streaming ones and the answers CallBounds stopped waiting for.
+            maximum_concurrent_rpcs=GRPC_CORE_CALLS_PER_PLACE * pool,
+            options=grpc_server_options(settings, max_concurrent_rpcs=pool),
         )
         service = RerankerService(
             ranker=self.core.ranker,
