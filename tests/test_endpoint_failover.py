@@ -279,3 +279,29 @@ def test_the_summary_and_meta_show_the_table(
     detail = httpx.get(sidecar.http_url + "/health/endpoints").json()
     assert [endpoint["state"] for endpoint in detail["endpoints"]] == ["closed"] * 3
     assert [endpoint["tier"] for endpoint in detail["endpoints"]] == [1, 1, 2]
+
+
+
+def test_a_callers_short_deadline_does_not_open_a_shared_breaker(
+    make_sidecar: SidecarFactory, replicas: list[Replica], tmp_path: Path
+) -> None:
+    """Calls cut short by the caller's own deadline say nothing about the endpoint: however
+    many, tier 1 stays up for everyone else."""
+    for replica in replicas:
+        replica.state.delay_s = 0.3
+    sidecar = make_sidecar(
+        endpoints_file=table(tmp_path / "endpoints.toml", replicas), breaker_failures=2
+    )
+    for index in range(6):
+        cut = httpx.post(
+            sidecar.http_url + "/rerank",
+            json={"query": f"{QUERY} {index}", "documents": ["a way"]},
+            headers={"X-Request-Timeout": "0.05"},
+            timeout=30,
+        )
+        assert cut.status_code == 504, cut.text
+    detail = httpx.get(sidecar.http_url + "/health/endpoints").json()
+    assert [endpoint["state"] for endpoint in detail["endpoints"]] == ["closed"] * 3
+    calls = len(replicas[2].state.calls)
+    assert scores(rerank(sidecar, ["a way"])) == expected(["a way"])
+    assert len(replicas[2].state.calls) == calls  # tier 2 was not needed

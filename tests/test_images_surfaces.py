@@ -17,7 +17,7 @@ from google.protobuf import struct_pb2
 
 from reranker_nvidia.client import RerankerClient
 from reranker_nvidia.core.documents.images import sniff
-from reranker_nvidia.emulator import image_words, lexical_logit, terms
+from reranker_nvidia.emulator import Fault, image_words, lexical_logit, terms
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.types import Document, Hit
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
@@ -354,3 +354,23 @@ def test_hits_with_images_come_back_whole(sidecar: Sidecar, emulator: Emulator) 
     assert [entry.hit.id for entry in reranked.hits] == ["red", "sunny", "empty"]
     assert reranked.hits[0].hit.properties["blob"] == RED
     assert reranked.hits[2].rerank_score is None
+
+
+def test_a_scale_that_ties_far_apart_logits_keeps_their_order(
+    make_sidecar: SidecarFactory, emulator: Emulator
+) -> None:
+    """A sigmoid gives 1.0 to every logit above about 37 and 0.0 below about -745: the order
+    stays NIM's, on every surface that orders its answer."""
+    sidecar = make_sidecar(score_scale="sigmoid")
+    logits = [37.0, 40.0, -800.0, -750.0]
+    rankings = [{"index": i, "logit": logit} for i, logit in enumerate(logits)]
+    best_first = [1, 0, 3, 2]
+    query, documents = "which way should i go", ["a", "b", "c", "d"]
+    for _ in range(2):
+        emulator.state.faults.append(Fault(200, {"rankings": rankings, "usage": {}}))
+    cohere = http(sidecar, "/v1/rerank", {"query": query, "documents": documents}).json()
+    assert [result["index"] for result in cohere["results"]] == best_first
+    assert [result["relevance_score"] for result in cohere["results"]] == [1.0, 1.0, 0.0, 0.0]
+    with RerankerClient(sidecar.grpc_target) as client:
+        ranked = client.rank(query, documents)
+    assert [document.index for document in ranked.documents] == best_first

@@ -19,6 +19,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -277,6 +278,42 @@ def test_every_model_id_resolves_to_a_url_its_base_allows() -> None:
         assert "/../" not in url and "/./" not in url and "%" not in url
 
     check()
+
+
+@pytest.mark.parametrize(
+    ("key_setting", "sent"),
+    [("false", None), ('"NIM_0_KEY"', "Bearer nvapi-nim-0-own-key")],
+    ids=["configured-without-key", "configured-with-its-own-key"],
+)
+@pytest.mark.parametrize("surface", MODEL_SURFACES, ids=str)
+def test_a_configured_endpoint_named_by_a_caller_keeps_its_own_key_and_models(
+    make_sidecar: SidecarFactory,
+    emulator: Emulator,
+    other_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    surface: Surface,
+    key_setting: str,
+    sent: str | None,
+) -> None:
+    """A caller naming a table endpoint's URL reaches it as configured: with the key the table
+    gives it (never the server's) and for the models it lists only; any other model is
+    refused, not sent there with another key."""
+    monkeypatch.setenv("NIM_0_KEY", "nvapi-nim-0-own-key")
+    served, other = "nvidia/llama-3.2-nv-rerankqa-1b-v2", "nvidia/rerank-qa-mistral-4b"
+    table = tmp_path / "endpoints.toml"
+    table.write_text(
+        f'[[endpoints]]\nurl = "{emulator.url}"\nname = "nim-0"\n'
+        f'models = ["{served}"]\napi_key_env = {key_setting}\n\n'
+        f'[[endpoints]]\nurl = "{other_emulator.url}"\nname = "nim-1"\ntier = 2\n'
+    )
+    sidecar = make_sidecar(endpoints_file=table)
+    answered = surface.send(sidecar, Call(DOCUMENTS, base_url=emulator.url, model=served))
+    assert answered.kind == "ok", answered
+    refused = surface.send(sidecar, Call(DOCUMENTS, base_url=emulator.url, model=other))
+    assert refused.kind == "invalid", refused
+    assert "nim-0" in refused.detail and other in refused.detail, refused
+    assert [(call.model, call.authorization) for call in emulator.state.calls] == [(served, sent)]
 
 
 # 3. Everything NIM answers is data to validate.

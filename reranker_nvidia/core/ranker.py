@@ -82,10 +82,14 @@ class Ranking:
     top_n: int | None = None
     fallback: bool = False
     """Not ranked: NIM failed and fail-open answered in input order (scores descending)."""
+    logits: list[float] | None = None
+    """NIM's logits where ``scores`` are on another scale: the order is theirs, as a scale
+    can make far-apart logits equal (a sigmoid is 1.0 for every logit above about 37)."""
 
     def order(self) -> list[int]:
         """Document indices best first, at most ``top_n``; ties keep input order."""
-        best_first = sorted(range(len(self.scores)), key=lambda i: -self.scores[i])
+        by = self.scores if self.logits is None else self.logits
+        best_first = sorted(range(len(by)), key=lambda i: -by[i])
         return best_first if self.top_n is None else best_first[: self.top_n]
 
 
@@ -175,7 +179,13 @@ class Ranker:
         scale = self.score_scales.of(surface)
         if scale == "logit":
             return ranking
-        return Ranking(scaled(scale, ranking.scores), ranking.model, ranking.usage, top_n)
+        return Ranking(
+            scaled(scale, ranking.scores),
+            ranking.model,
+            ranking.usage,
+            top_n,
+            logits=ranking.scores,
+        )
 
     def _passthrough(
         self, target: Target, count: int, top_n: int | None, surface: Surface, why: str
@@ -183,8 +193,9 @@ class Ranker:
         """The documents in their input order, with strictly descending scores."""
         self.metrics.fallbacks.labels(surface).inc()
         log.warning("answered in input order (RERANKER_FAIL_OPEN): NIM failed: %s", why)
-        scores = scaled(self.score_scales.of(surface), [-float(i) for i in range(count)])
-        return Ranking(scores, target.model, Usage(), top_n, fallback=True)
+        order = [-float(i) for i in range(count)]
+        scores = scaled(self.score_scales.of(surface), order)
+        return Ranking(scores, target.model, Usage(), top_n, fallback=True, logits=order)
 
     def _with_images(
         self,

@@ -170,10 +170,7 @@ def build_core(settings: Settings, *, resolver: Resolver = system_resolver) -> C
             defaults=RankOptions(model=settings.model, truncate=settings.truncate),
             server_key=settings.server_key(),
             router=router,
-            trusted_base_urls=(
-                *(spec.url for spec in specs),
-                *settings.allowed_base_urls,
-            ),
+            allowed_base_urls=settings.allowed_base_urls,
             digests=digests,
             single=not from_file,
         ),

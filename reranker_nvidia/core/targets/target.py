@@ -121,10 +121,11 @@ class Target:
 class TargetResolver:
     """Turns a request's options into a ``Target``, or refuses them.
 
-    An operator's key only ever goes to a final URL that a trusted base URL (a configured one
-    or an allow-listed one) resolves to, reached by a base URL with no query, fragment or
-    user-info; any other base URL must come with the request's own key and passes the SSRF
-    checks.
+    An operator's key only ever goes where the configuration sends it: a configured endpoint
+    gets the key configured for it (and only the models it serves), an allow-listed base URL
+    (``RERANKER_ALLOWED_BASE_URLS``) the server's key, in both cases reached by a base URL with
+    no query, fragment or user-info; any other base URL must come with the request's own key
+    and passes the SSRF checks.
     """
 
     def __init__(
@@ -133,12 +134,13 @@ class TargetResolver:
         defaults: RankOptions,
         server_key: str | None,
         router: Router,
-        trusted_base_urls: Sequence[str],
+        allowed_base_urls: Sequence[str],
         digests: Digests,
         single: bool = True,
     ) -> None:
-        """``router``: the configured endpoints; ``single``: they are ``RERANKER_BASE_URL``
-        alone (no table), so naming that URL is the same route as naming none."""
+        """``router``: the configured endpoints; ``allowed_base_urls``: where else the server's
+        key may go; ``single``: the endpoints are ``RERANKER_BASE_URL`` alone (no table), so
+        naming that URL is the same route as naming none."""
         if defaults.model is None:
             raise ValueError("the defaults must name a model")
         self._defaults = defaults
@@ -146,7 +148,7 @@ class TargetResolver:
         self._server_key = server_key
         self._router = router
         self._single = single
-        self._trusted = tuple(ConfiguredBase(url) for url in trusted_base_urls)
+        self._allowed = tuple(ConfiguredBase(url) for url in allowed_base_urls)
         self._digests = digests
         self._no_key_id = digests.key(None)
         self._chosen = functools.lru_cache(maxsize=4096)(self._chosen_route)
@@ -224,17 +226,30 @@ class TargetResolver:
         return Route(route_id, tuple(endpoints), self._router, by_state)
 
     def _chosen_route(self, base_url: str, model: str) -> Route:
-        """The one endpoint a caller named: a configured one keeps its own key; an
-        allow-listed one gets the server's; any other none (and is guarded)."""
+        """The one endpoint a caller named. A configured endpoint is used as configured: its
+        own key (or none), for the models it serves only; an allow-listed one gets the
+        server's key; any other none (and is guarded)."""
         url = resolve_endpoint(base_url, model)
-        trusted = self._is_trusted(base_url, url)
         tag = self._digests.tag(identity_text(url))
-        if trusted:
-            for endpoint in self._configured_endpoints(model):
-                if endpoint.tag == tag:
-                    if self._single:
-                        return self._configured(model)
-                    return Route(identity_text(url), (endpoint,))
+        plain = self._is_plain(base_url)
+        if plain:
+            configured = [
+                state
+                for state in self._router.endpoints
+                if ConfiguredBase(state.spec.url).allows(url)
+            ]
+            if configured:
+                for endpoint in self._configured_endpoints(model):
+                    if endpoint.tag == tag:
+                        if self._single:
+                            return self._configured(model)
+                        return Route(identity_text(url), (endpoint,))
+                names = ", ".join(state.spec.name for state in configured)
+                raise invalid_argument(
+                    f"model: {model!r} is not served by the configured endpoint named by the "
+                    f"base URL ({names}; RERANKER_ENDPOINTS_FILE)"
+                )
+        trusted = plain and any(base.allows(url) for base in self._allowed)
         endpoint = Endpoint(
             url=url,
             name=redact_url(url),
@@ -251,11 +266,13 @@ class TargetResolver:
         except RerankError:
             return ()
 
-    def _is_trusted(self, base_url: str, url: str) -> bool:
+    @staticmethod
+    def _is_plain(base_url: str) -> bool:
+        """No query, fragment or user-info: the only base URLs a key may be sent through."""
         parts = parse_base_url(base_url)
-        if parts.query or parts.fragment or parts.username is not None or "@" in parts.netloc:
-            return False
-        return any(base.allows(url) for base in self._trusted)
+        return not (
+            parts.query or parts.fragment or parts.username is not None or "@" in parts.netloc
+        )
 
 
 def check_key_text(key: str) -> None:

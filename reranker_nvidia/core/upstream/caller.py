@@ -181,6 +181,9 @@ class UpstreamCaller:
         budget = self._budget
         budget_id = self._digests.mac(b"budget", endpoint.tag, key_id) if budget.limited else b""
         started = time.perf_counter()
+        # A call the caller's own deadline cuts short says nothing about the endpoint: a
+        # caller must not be able to open a breaker every other caller shares.
+        cut_by_caller = deadline - time.monotonic() < self._attempt_timeout_s
         try:
             await budget.admit(budget_id, len(passages), deadline)
             async with self._slots.slot(key_id, flow):
@@ -193,7 +196,9 @@ class UpstreamCaller:
                 if error.upstream_status == 429 and error.retry_after_s > 0:
                     await self._budget.pause(budget_id, error.retry_after_s)
             if attempt is not None:
-                if error.rate_limited:
+                if error.rate_limited or (
+                    cut_by_caller and error.code is ErrorCode.DEADLINE_EXCEEDED
+                ):
                     attempt.release()
                 elif _says_the_endpoint_is_unwell(error):
                     attempt.record_failure()
