@@ -281,7 +281,6 @@ def test_the_summary_and_meta_show_the_table(
     assert [endpoint["tier"] for endpoint in detail["endpoints"]] == [1, 1, 2]
 
 
-
 def test_a_callers_short_deadline_does_not_open_a_shared_breaker(
     make_sidecar: SidecarFactory, replicas: list[Replica], tmp_path: Path
 ) -> None:
