@@ -16,8 +16,11 @@ from pydantic import SecretStr
 
 from bench.processes import RedisServer
 from reranker_nvidia.client import RerankerClient
-from reranker_nvidia.core.cache.store import RETRY_AFTER_FAILURE_S, SharedStore
+from reranker_nvidia.core.cache.shared_cache import SharedScores, verified_name
+from reranker_nvidia.core.cache.store import NAMESPACE, RETRY_AFTER_FAILURE_S, SharedStore
 from reranker_nvidia.core.metrics import Metrics
+from reranker_nvidia.core.trust.digests import Digests, derive_secret
+from reranker_nvidia.core.trust.verified_keys import SHARED_RECHECK_S, VerifiedKeys
 from reranker_nvidia.core.upstream.budget import LocalBudget, NimBudget, Room
 from reranker_nvidia.emulator import Fault
 from reranker_nvidia.errors import ErrorCode, RerankError
@@ -230,3 +233,86 @@ def test_the_store_password_comes_from_the_url_or_its_own_setting(
             assert "s3cret-store-pw" not in metrics
     finally:
         store.stop()
+
+
+# What someone who can write to the store can and cannot do.
+
+
+class WallClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_replayed_grant_or_score_is_honoured_only_until_its_own_expiry(
+    store: RedisServer,
+) -> None:
+    """Values carry their expiry under their MAC: one saved and written back later, with no
+    expiry of the store's own, is a miss once its time is up."""
+    metrics, wall = Metrics(), WallClock()
+    shared_store = SharedStore(store.url, password=None, timeout_s=2, metrics=metrics)
+    digests = Digests(derive_secret("a-secret-the-replicas-share-0123456"))
+    shared = SharedScores(shared_store, ttl_s=10, metrics=metrics, digests=digests, wall_clock=wall)
+    grant, pair = (b"endpoint", b"k" * 16), uuid.uuid4().bytes
+    try:
+        assert await shared_store.check()
+        shared.verified(*grant)
+        shared.store_scores([pair], [1.5], b"endpoint")
+        await shared.flush()
+        client = shared_store.client
+        grant_name = verified_name(digests, grant)
+        saved = {
+            name: await client.get(name) for name in (grant_name, NAMESPACE + b"score:" + pair)
+        }
+        assert all(saved.values()), saved
+        shared.rejected(*grant)  # a 401: the grant is deleted ...
+        await shared.flush()
+        for name, value in saved.items():  # ... and written back, never to expire
+            await client.set(name, value)
+        wall.now += 5
+        found, verified = await shared.lookup([pair], [grant])
+        assert found == [(1.5, b"endpoint")] and verified == {grant}  # still in its time
+        wall.now += 6
+        found, verified = await shared.lookup([pair], [grant])
+        assert found == [None] and verified == set()
+    finally:
+        await shared_store.aclose()
+
+
+def test_a_grant_is_held_by_a_replica_for_a_while_only_before_it_asks_the_store() -> None:
+    """So a 401 that one replica saw (and deleted from the store) reaches the others."""
+    clock = FakeClock()
+
+    class Store:
+        def verified(self, tag: bytes, key_id: bytes) -> None:
+            pass
+
+        def rejected(self, tag: bytes, key_id: bytes) -> None:
+            pass
+
+    shared = VerifiedKeys(ttl_s=3600, clock=clock, shared=Store())  # type: ignore[arg-type]
+    alone = VerifiedKeys(ttl_s=3600, clock=clock)
+    for keys in (shared, alone):
+        keys.learned(b"endpoint", b"key")
+    clock.now += SHARED_RECHECK_S + 1
+    assert not shared.holds(b"endpoint", b"key")
+    assert alone.holds(b"endpoint", b"key")
+
+
+async def test_a_forged_pause_in_the_store_holds_calls_back_no_longer_than_the_cap(
+    store: RedisServer,
+) -> None:
+    metrics = Metrics()
+    shared_store = SharedStore(store.url, password=None, timeout_s=2, metrics=metrics)
+    budget = NimBudget(100, None, metrics=metrics, store=shared_store, max_pause_s=3)
+    key_id = uuid.uuid4().bytes
+    try:
+        assert await shared_store.check()
+        await shared_store.client.set(NAMESPACE + b"pause:" + key_id, b"1", px=3_600_000)
+        with pytest.raises(RerankError) as refused:
+            await budget.admit(key_id, 1, time.monotonic() + 1)
+        assert refused.value.retry_after_s is not None and refused.value.retry_after_s <= 3
+    finally:
+        await shared_store.aclose()

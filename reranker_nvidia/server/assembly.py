@@ -142,7 +142,11 @@ def build_core(settings: Settings, *, resolver: Resolver = system_resolver) -> C
         metrics=metrics,
         verified_keys=verified_keys,
         budget=NimBudget(
-            settings.upstream_rpm, settings.upstream_tpm, metrics=metrics, store=store
+            settings.upstream_rpm,
+            settings.upstream_tpm,
+            metrics=metrics,
+            store=store,
+            max_pause_s=settings.max_retry_after_s,
         ),
         digests=digests,
     )

@@ -7,8 +7,10 @@ anyone, so by default a cached score is read only by a key the endpoint that pai
 answered 2xx for within the cache's TTL; a 401 or 403 from an endpoint drops the key there at
 once. Trust is per (endpoint, key): an endpoint that answers anything (a caller-chosen one, or
 a self-hosted NIM without keys) vouches for keys at itself only. Keys and endpoints are held
-as keyed digests (``trust/digests.py``), never as text; with a shared store the digests are the same
-in every replica, so that replicas share what they know (``shared_cache.py``).
+as keyed digests (``trust/digests.py``), never as text; with a shared store the digests are
+the same in every replica, so that replicas share what they know (``shared_cache.py``): then
+this replica holds what it knows for ``SHARED_RECHECK_S`` at most before asking the store again,
+so a 401 one replica saw reaches the others within that time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 # Enough for every tenant of a busy deployment at every endpoint; the least recently seen goes
 # first.
 MAX_ENTRIES = 10_000
+# With a shared store, how long this replica trusts what it knows before asking the store.
+SHARED_RECHECK_S = 30.0
 
 # (endpoint tag, key digest)
 Grant = tuple[bytes, bytes]
@@ -42,6 +46,7 @@ class VerifiedKeys:
         refuses here."""
         self._shared = shared
         self._ttl_s = ttl_s
+        self._held_s = ttl_s if shared is None else min(ttl_s, SHARED_RECHECK_S)
         self._max_entries = max_entries
         self._clock = clock
         self._expiry: OrderedDict[Grant, float] = OrderedDict()
@@ -53,7 +58,7 @@ class VerifiedKeys:
         now = self._clock()
         previous = self._expiry.get(grant)
         self._remember(grant, now)
-        if self._shared is not None and (previous is None or previous - now < self._ttl_s / 2):
+        if self._shared is not None and (previous is None or previous - now < self._held_s / 2):
             self._shared.verified(tag, key_id)
 
     def learned(self, tag: bytes, key_id: bytes) -> None:
@@ -61,7 +66,7 @@ class VerifiedKeys:
         self._remember((tag, key_id), self._clock())
 
     def _remember(self, grant: Grant, now: float) -> None:
-        self._expiry[grant] = now + self._ttl_s
+        self._expiry[grant] = now + self._held_s
         self._expiry.move_to_end(grant)
         while len(self._expiry) > self._max_entries:
             self._expiry.popitem(last=False)

@@ -164,9 +164,14 @@ class NimBudget:
         *,
         metrics: Metrics,
         store: SharedStore | None = None,
+        max_pause_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``max_pause_s``: the longest wait a pause read from the store may ask for
+        (``RERANKER_MAX_RETRY_AFTER_S``): the store is untrusted, and whoever can write to it
+        must not hold calls back for longer than NIM itself could."""
         self._max_calls = max_calls
+        self._max_pause_s = max_pause_s
         self._max_passages = max_passages
         self._metrics = metrics
         self._store = store
@@ -234,7 +239,11 @@ class NimBudget:
                 and all(isinstance(part, int) for part in answer)
             ):
                 millis, paused = answer
-                return None if millis < 0 else Room(millis / 1000, paused=bool(paused))
+                if millis < 0:
+                    return None
+                # No true answer waits longer than NIM's capped pause or the window.
+                longest = self._max_pause_s if paused else WINDOW_S
+                return Room(min(millis / 1000, longest), paused=bool(paused))
         return self._local.admit(key_id, passages)
 
     async def pause(self, key_id: bytes, seconds: float) -> None:
