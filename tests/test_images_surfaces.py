@@ -258,6 +258,21 @@ BAD_IMAGES: list[tuple[str, Any, str]] = [
 
 
 @pytest.mark.parametrize("surface", list(SURFACES))
+def test_the_document_count_is_checked_before_any_image_is_read(
+    make_sidecar: SidecarFactory, emulator: Emulator, surface: str
+) -> None:
+    """Past RERANKER_MAX_DOCUMENTS a request is refused on its count, whatever its images
+    hold: none of them is decoded first (a body of many tiny images costs no image work)."""
+    sidecar = make_sidecar(max_documents=3)
+    broken = "data:image/png;base64,!!!not-base64!!!"
+    image = broken.encode() if surface in ("grpc Rank", "grpc Rerank", "python client") else broken
+    sent = SURFACES[surface](sidecar, [("a square", image)] * 4)
+    assert 400 <= sent.status < 500, sent
+    assert "4 given, at most 3" in sent.message, sent.message
+    assert emulator.state.calls == []
+
+
+@pytest.mark.parametrize("surface", list(SURFACES))
 @pytest.mark.parametrize(("name", "image", "says"), BAD_IMAGES, ids=[b[0] for b in BAD_IMAGES])
 def test_a_bad_image_is_refused_naming_the_field_before_anything_is_sent(
     make_sidecar: SidecarFactory,

@@ -117,8 +117,11 @@ class Ranker:
         """Where a request with ``options`` would go, and with which key."""
         return self.targets.resolve(options)
 
-    def image_budget(self) -> ImageBudget:
-        """What one request's images may take (``RERANKER_MAX_*IMAGE_BYTES``)."""
+    def image_budget(self, documents: int) -> ImageBudget:
+        """What the images of one request of ``documents`` documents may take
+        (``RERANKER_MAX_*IMAGE_BYTES``). A surface takes it before it reads a single image,
+        so a request of more documents than ``RERANKER_MAX_DOCUMENTS`` is refused first."""
+        check_count("documents", documents, self.limits.max_documents, "RERANKER_MAX_DOCUMENTS")
         return self.limits.images.budget()
 
     async def rank(
@@ -208,7 +211,7 @@ class Ranker:
         images and detection is on), every image checked against what the model takes."""
         takes_images = self.catalog.takes_images(model)
         if blobs and self.detect_image_blobs and takes_images:
-            budget = images if images is not None else self.image_budget()
+            budget = images if images is not None else self.image_budget(len(documents))
             found: list[Passage] | None = None
             for index, document in enumerate(documents):
                 if document.__class__ is not str:

@@ -175,7 +175,7 @@ class RerankerService(pb_grpc.RerankerServiceServicer):
         documents: list[Passage] = list(request.documents)
         images = document_images_from_proto(request)
         if images:
-            budget = self.ranker.image_budget()
+            budget = self.ranker.image_budget(len(documents))
             for index in sorted(images):
                 image = parse_image(images[index], f"document_images[{index}]", budget)
                 documents[index] = ImagePassage(request.documents[index], image)

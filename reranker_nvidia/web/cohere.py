@@ -147,8 +147,8 @@ def cohere_rerank(ranker: Ranker, truncate: str) -> Handler:
     async def rerank(request: Request, path: str) -> Response:
         body = parse_object(request.body)
         query = string(required(body, "query"), "query")
-        images = ranker.image_budget()
         items = array(required(body, "documents"), "documents")
+        images = ranker.image_budget(len(items))
         passages = documents_of(items, images)
         top_n = count(body.get("top_n"), "top_n")
         cut = count(body.get("max_tokens_per_doc"), "max_tokens_per_doc") is not None

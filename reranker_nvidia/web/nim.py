@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -24,7 +24,6 @@ from reranker_nvidia.core import ImageBudget, ImagePassage, Passage, Ranker, par
 from reranker_nvidia.nim_schema import NimRankingResponse, NimText, NimTruncate
 from reranker_nvidia.types import TRUNCATE_VALUES
 from reranker_nvidia.web.json_body import (
-    Json,
     array,
     choice,
     count,
@@ -91,9 +90,8 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def passages_of(body: Json, images: ImageBudget) -> list[Passage]:
+def passages_of(items: list[Any], images: ImageBudget) -> list[Passage]:
     """``passages``: text, or text beside an image, or an image alone."""
-    items = array(required(body, "passages"), "passages")
     try:
         texts: list[Passage] = [item["text"] for item in items]
     except (TypeError, KeyError):
@@ -133,8 +131,9 @@ def nim_rank(ranker: Ranker) -> Handler:
     async def rank(request: Request, path: str) -> Response:
         body = parse_object(request.body)
         query = string(required(mapping(required(body, "query"), "query"), "text"), "query.text")
-        images = ranker.image_budget()
-        passages = passages_of(body, images)
+        items = array(required(body, "passages"), "passages")
+        images = ranker.image_budget(len(items))
+        passages = passages_of(items, images)
         model = optional_string(body.get("model"), "model") or path_model(path)
         truncate = choice(body.get("truncate"), "truncate", TRUNCATE_VALUES)
         top_k = count(body.get("top_k"), "top_k")

@@ -98,7 +98,7 @@ async def rerank_hits(
     """
     properties = rerank_properties(ranker, properties, len(hits))
     check_top_n(top_n)
-    images = ranker.image_budget()
+    images = ranker.image_budget(len(hits))
     texts = [hit_passage(hit, position, properties, images) for position, hit in enumerate(hits)]
     ranked_positions = [position for position, text in enumerate(texts) if text]
     ranking = await ranker.rank(
