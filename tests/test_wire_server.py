@@ -639,29 +639,50 @@ async def test_bodies_in_memory_are_bounded_across_connections() -> None:
         for _ in range(2):
             reader, writer = await connect(server)
             writer.write(
-                b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"a" * 500
+                b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"a" * 999
             )
             stalled.append((reader, writer))
-        await until(lambda: server.buffered_body_bytes == 2000)
+        await until(lambda: server.buffered_body_bytes == 1998)
+        # A body that does not fit is refused as soon as it is declared ...
         reader, writer = await connect(server)
         writer.write(post(b"/small", b"tiny"))
         status, headers, body = await read_response(reader)
         assert (status, headers[b"retry-after"]) == (503, b"1")
         assert b"RERANKER_MAX_BUFFERED_BODY_BYTES" in body
-        # A chunked body is refused when it crosses the line.
+        # ... and a chunked one when what arrives crosses the line.
         reader, writer = await connect(server)
-        writer.write(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        writer.write(
+            b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+        )
         assert (await read_response(reader))[0] == 503
         # Once one upload finishes, a new body fits.
         first_reader, first_writer = stalled[0]
-        first_writer.write(b"b" * 500)
+        first_writer.write(b"b")
         status, _, body = await read_response(first_reader)
-        assert (status, body) == (200, b"a" * 500 + b"b" * 500)
-        await until(lambda: server.buffered_body_bytes == 1000)
+        assert (status, body) == (200, b"a" * 999 + b"b")
+        await until(lambda: server.buffered_body_bytes == 999)
         reader, writer = await connect(server)
         writer.write(post(b"/small", b"tiny"))
         assert (await read_response(reader))[::2] == (200, b"tiny")
         assert server.refusals == {503: 2}
+
+
+async def test_a_body_only_declared_holds_none_of_the_bound() -> None:
+    """Connections that announce large bodies and send nothing do not keep anyone else's
+    body out: the bound counts bytes that arrived."""
+    app = TestApp()
+    limits = ServerLimits(max_body_bytes=1000, max_buffered_body_bytes=2000)
+    async with serving(app, limits) as server:
+        promises = []
+        for _ in range(8):
+            reader, writer = await connect(server)
+            writer.write(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+            promises.append((reader, writer))
+        await until(lambda: server.open_connections == 8)
+        reader, writer = await connect(server)
+        writer.write(post(b"/small", b"tiny"))
+        assert (await read_response(reader))[::2] == (200, b"tiny")
+        assert server.buffered_body_bytes == 0
 
 
 # -- Connections ------------------------------------------------------------------------

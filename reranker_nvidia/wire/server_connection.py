@@ -15,7 +15,9 @@ How bytes reach the parser, so that every bound holds before anything is buffere
 - Bytes that arrive while the app handles a request, or while an answer waits to be written, are
   held and reading pauses: one request at a time, answered in order, memory bounded. (While
   reading is paused, a pipelining client's disconnect is seen only once its answer is written.)
-- Request bodies in memory across all connections are bounded (``max_buffered_body_bytes``).
+- Request bodies in memory across all connections are bounded (``max_buffered_body_bytes``),
+  counted as their bytes arrive: a body that would not fit is refused (503) when declared, and
+  one that stops fitting as it arrives, at once.
 - After a refusal nothing more is parsed: the answer is written, the connection half-closed, and
   what the client still sends dropped (up to ``LINGER_DISCARD_BYTES``) until it closes, or for
   ``LINGER_S`` at most.
@@ -108,8 +110,11 @@ class ServerState:
         self.open.add(connection)
         return True
 
+    def fits(self, size: int) -> bool:
+        return self.buffered_body_bytes + size <= self.limits.max_buffered_body_bytes
+
     def reserve(self, size: int) -> bool:
-        if self.buffered_body_bytes + size > self.limits.max_buffered_body_bytes:
+        if not self.fits(size):
             return False
         self.buffered_body_bytes += size
         return True
@@ -616,9 +621,10 @@ class ServerConnection(asyncio.Protocol):
         if length > limits.max_body_bytes:
             self._stop_parser(self._too_large())
         if length:
-            if not self._state.reserve(length):
+            # Charged as its bytes arrive (on_body), not as declared: a connection that only
+            # promises a body holds none of the bound.
+            if not self._state.fits(length):
                 self._stop_parser(self._over_budget())
-            self._reserved = length
             self._body_left = length
         expect = self._expect
         if expect is not None and version == "1.1" and expect.strip().lower() == b"100-continue":
@@ -644,9 +650,9 @@ class ServerConnection(asyncio.Protocol):
             self._body_size += len(body)
             if self._body_size > self._limits.max_body_bytes:
                 self._stop_parser(self._too_large())
-            if not self._state.reserve(len(body)):
-                self._stop_parser(self._over_budget())
-            self._reserved += len(body)
+        if not self._state.reserve(len(body)):
+            self._stop_parser(self._over_budget())
+        self._reserved += len(body)
 
     def on_message_complete(self) -> None:
         body = self._body
