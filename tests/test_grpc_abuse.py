@@ -243,6 +243,28 @@ def test_answers_nobody_takes_give_their_places_to_other_callers(
             peer.close()
 
 
+def test_calls_whose_request_never_comes_give_their_places_to_other_callers(
+    make_sidecar: SidecarFactory,
+) -> None:
+    """More calls than the pool has, none of them ever sending its request: every other
+    caller is served once they have waited EVICTABLE_AFTER_S, long before the body timeout
+    (30 s) would end them."""
+    sidecar = make_sidecar(max_in_flight=SMALL_POOL)
+    target = sidecar.grpc_target
+    peers = [Peer(sidecar.server.grpc_port) for _ in range(3)]
+    try:
+        for peer in peers:
+            peer.send(b"".join(peer.request(HEALTH_CHECK, body=None) for _ in range(40)))
+        with reading(peers):
+            served = eventually_served(lambda: health_check(target, timeout_s=2), 10)
+            assert served is grpc.StatusCode.OK
+            assert [health_check(target) for _ in range(5)] == [grpc.StatusCode.OK] * 5
+            assert [get_meta(target) for _ in range(5)] == [grpc.StatusCode.OK] * 5
+    finally:
+        for peer in peers:
+            peer.close()
+
+
 def test_connections_that_stop_reading_are_closed_with_their_calls(
     make_sidecar: SidecarFactory,
 ) -> None:

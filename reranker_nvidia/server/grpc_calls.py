@@ -10,13 +10,13 @@ health checks) into one that
 - reads its request itself, within ``timeout_s`` (else DEADLINE_EXCEEDED, as the HTTP server
   answers 408 to a body that does not arrive);
 - counts the call in a pool of ``pool`` places from its start until gRPC is done with it; a
-  call arriving at a full pool takes the place of the answer that has waited longest for its
-  client (at least ``EVICTABLE_AFTER_S``), so answers nobody takes never lock anyone out;
-  only when no such answer waits is it refused (RESOURCE_EXHAUSTED, never processed, safe to
-  retry).
+  call arriving at a full pool takes the place of the call that has waited longest on its
+  client (at least ``EVICTABLE_AFTER_S``), for a request that does not come or to take an
+  answer, so clients that send or take nothing never lock anyone out; only when no call waits
+  so is it refused (RESOURCE_EXHAUSTED, never processed, safe to retry).
 
-An answer that gives up its place is no longer waited for here, but gRPC's core keeps the
-call (and the answer's bytes) until the connection ends: the keepalive closes a connection
+A call that gives up its place is no longer waited for here, but gRPC's core keeps it (and an
+answer's bytes) until the connection ends: the keepalive closes a connection
 that stops reading, the connection age one that answers pings. The server's own
 ``maximum_concurrent_rpcs``, a multiple of ``pool``, bounds those calls and the streaming
 methods (the health service's Watch, reflection), which pass through unchanged.
@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc import aio as grpc_aio
 
-# An answer counts as one nobody takes (and may give its place to a new call) once it has
-# waited this long: a client still reading a large answer is not cut off by a burst.
+# A call waiting on its client (for its request, or to take its answer) may give its place to a
+# new call once it has waited this long: a client still sending a large request or reading a
+# large answer is not cut off by a burst.
 EVICTABLE_AFTER_S = 1.0
 
 if TYPE_CHECKING:  # generic only in the type stubs
@@ -70,10 +71,10 @@ class CallBounds(_Interceptor):
             "(RERANKER_MAX_IN_FLIGHT)"
         )
         self.calls = 0
-        # Calls whose answer is on its way to the client, oldest first: the task carrying the
-        # call, and when it started waiting.
-        self._answering: dict[asyncio.Task[Any], float] = {}
-        self.answers_dropped = 0
+        # Calls waiting on their client (request not yet arrived, or answer not yet taken),
+        # oldest first: the task carrying the call, and when it started waiting.
+        self._on_client: dict[asyncio.Task[Any], float] = {}
+        self.calls_dropped = 0
         # One wrapper per handler, made on its first call (handlers are few and long-lived).
         self._wrapped: dict[_Handler, _Handler] = {}
 
@@ -102,6 +103,9 @@ class CallBounds(_Interceptor):
             self.calls += 1
             done: Any = functools.partial(self._done, task)  # the stubs want a Protocol
             context.add_done_callback(done)
+            on_client = self._on_client
+            if task is not None:
+                on_client[task] = self._clock()
             try:
                 if sys.version_info >= (3, 11):
                     async with asyncio.timeout(timeout_s):
@@ -110,12 +114,14 @@ class CallBounds(_Interceptor):
                     request = await asyncio.wait_for(context.read(), timeout_s)
             except asyncio.TimeoutError:
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, self._late_request)
+            if task is not None:
+                on_client.pop(task, None)
             if request is _EOF:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: no message")
             response = await unary(request, context)
             if task is not None:
                 # gRPC sends the answer from this same task once it is returned.
-                self._answering[task] = self._clock()
+                on_client[task] = self._clock()
             return response
 
         factory: Any = grpc.stream_unary_rpc_method_handler
@@ -129,16 +135,16 @@ class CallBounds(_Interceptor):
     def _done(self, task: asyncio.Task[Any] | None, _context: object) -> None:
         self.calls -= 1
         if task is not None:
-            self._answering.pop(task, None)
+            self._on_client.pop(task, None)
 
     def _make_room(self) -> bool:
-        """Stops waiting for the answer that has waited longest, if it has waited long
-        enough: its task is cancelled, and the call leaves the pool when the task ends."""
-        for task, since in self._answering.items():
+        """Stops waiting for the call that has waited longest on its client, if it has waited
+        long enough: its task is cancelled, and the call leaves the pool when the task ends."""
+        for task, since in self._on_client.items():
             if self._clock() - since < EVICTABLE_AFTER_S:
                 return False
-            del self._answering[task]
-            self.answers_dropped += 1
+            del self._on_client[task]
+            self.calls_dropped += 1
             task.cancel()
             return True
         return False
