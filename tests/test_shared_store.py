@@ -316,3 +316,22 @@ async def test_a_forged_pause_in_the_store_holds_calls_back_no_longer_than_the_c
         assert refused.value.retry_after_s is not None and refused.value.retry_after_s <= 3
     finally:
         await shared_store.aclose()
+
+
+async def test_a_closed_store_leaves_no_connection_open_on_the_server(store: RedisServer) -> None:
+    """A replica that stops hangs up on the store rather than leaving its connections to the
+    server's client limit and to the garbage collector."""
+    shared_store = SharedStore(store.url, password=None, timeout_s=2, metrics=Metrics())
+    watcher = SharedStore(store.url, password=None, timeout_s=2, metrics=Metrics())
+    name = f"closing-{uuid.uuid4().hex}"
+
+    async def names() -> list[str]:
+        return [client["name"] for client in await watcher.client.client_list()]
+
+    try:
+        assert await shared_store.run("name", lambda: shared_store.client.client_setname(name))
+        assert name in await names()
+        await shared_store.aclose()
+        assert name not in await names()
+    finally:
+        await watcher.aclose()

@@ -116,7 +116,8 @@ class SharedStore:
         return await self.run("ping", ping) is not None
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        # The pool is ours (built above), so the client does not close it on its own.
+        await self.client.aclose(close_connection_pool=True)
 
 
 def _describe(url: str) -> str:
