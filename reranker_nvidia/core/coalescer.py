@@ -21,8 +21,10 @@ it. A shared call is cancelled only when every caller waiting for it has gone.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Protocol
 
 from reranker_nvidia.core.cache.score_cache import PairKey
@@ -159,9 +161,10 @@ class Coalescer:
         self.coalesced_passages = 0
         self.coalesced_requests = 0
 
-    @property
-    def _scheduler(self) -> Scheduler:
-        return self._given_scheduler or asyncio.get_running_loop()
+    def _scheduler(self, loop: asyncio.AbstractEventLoop | None = None) -> Scheduler:
+        """The given scheduler, else the running loop (asked for once per request: each
+        asking costs a system call on Python 3.11)."""
+        return self._given_scheduler or loop or asyncio.get_running_loop()
 
     def possible_joiner(self) -> _PossibleJoiner:
         """Surfaces wrap each request in this once its input is in: until it asks for scores
@@ -173,7 +176,8 @@ class Coalescer:
 
     def _left(self) -> None:
         self._in_progress -= 1
-        self._dispatch_when_quiet()
+        if self._open:
+            self._dispatch_when_quiet(self._scheduler())
 
     async def score(
         self,
@@ -190,7 +194,9 @@ class Coalescer:
         answered each, and this caller's share of usage. ``images``: some passage carries an
         image."""
         ask = _Ask(target, query, passages, keys, deadline, siblings_expected, images)
-        placement = self._place(ask)
+        loop = asyncio.get_running_loop()
+        scheduler = self._scheduler(loop)
+        placement = self._place(ask, loop, scheduler)
         batches = placement.batches
         own = placement.own
         self.coalesced_passages += sum(
@@ -199,8 +205,8 @@ class Coalescer:
         self.coalesced_requests += placement.joined
         for batch in batches:
             batch.waiters += 1
-            self._arm_timer(batch, added_to=batch in own)
-        answers = await self._wait(batches)
+            self._arm_timer(batch, scheduler, added_to=batch in own)
+        answers = await self._wait(batches, scheduler)
         logits: list[float] = []
         tags: list[bytes] = []
         for batch, start, count in placement.runs:
@@ -209,7 +215,9 @@ class Coalescer:
             tags += [answer.tag] * count
         return logits, tags, usage_share(own, answers)
 
-    def _place(self, ask: _Ask) -> _Placement:
+    def _place(
+        self, ask: _Ask, loop: asyncio.AbstractEventLoop, scheduler: Scheduler
+    ) -> _Placement:
         """Each passage joins the call already carrying it, else the open batch of its group
         (a new one when there is none or the last one is full). Passages go in runs, so a
         request no other shares costs a few list operations per batch, not work per
@@ -236,27 +244,29 @@ class Coalescer:
                     continue
             batch = self._open.get(group)
             if batch is None:
-                batch = self._open_batch(group, ask)
+                batch = self._open_batch(group, ask, loop.create_future(), scheduler)
             elif batch not in placement.own:
                 placement.joined = placement.joined or bool(batch.passages)
                 batch.expecting = batch.expecting and ask.siblings_expected
             batch.deadline = max(batch.deadline, ask.deadline)
             end = min(count, at + self._max_passages - len(batch.passages))
-            if pending:
+            if pending and not pending.keys().isdisjoint(keys[at + 1 : end]):
                 # The run stops at the next pair already on its way.
                 end = next((k for k in range(at + 1, end) if keys[k] in pending), end)
             if ask.images:
                 end = self._image_run_end(batch, passages, at, end)
             run = keys[at:end]
-            if len(set(run)) != len(run):
+            carried = dict.fromkeys(run, batch)
+            if len(carried) != len(run):
                 # A pair twice in one request goes once: the run stops at the repeat, which
                 # then joins the run carrying it.
                 end = at + _first_repeat(run)
                 run = keys[at:end]
+                carried = dict.fromkeys(run, batch)
             start = batch.add(run, passages[at:end])
             if pending is None:
                 pending = self._pending[target.request_key] = {}
-            pending.update(dict.fromkeys(run, batch))
+            pending.update(carried)
             placement.own[batch] = placement.own.get(batch, 0) + len(run)
             placement.runs.append((batch, start, len(run)))
             if (
@@ -278,20 +288,26 @@ class Coalescer:
                 batch.image_bytes += len(passage.image.data)
         return end
 
-    def _open_batch(self, group: Group, ask: _Ask) -> _Batch:
+    def _open_batch(
+        self,
+        group: Group,
+        ask: _Ask,
+        result: asyncio.Future[UpstreamRanking],
+        scheduler: Scheduler,
+    ) -> _Batch:
         batch = _Batch(
             group,
             ask.target,
             ask.query,
             ask.deadline,
-            opened_at=self._scheduler.time(),
-            result=asyncio.get_running_loop().create_future(),
+            opened_at=scheduler.time(),
+            result=result,
             expecting=ask.siblings_expected,
         )
         self._open[group] = batch
         return batch
 
-    def _arm_timer(self, batch: _Batch, *, added_to: bool) -> None:
+    def _arm_timer(self, batch: _Batch, scheduler: Scheduler, *, added_to: bool) -> None:
         """A batch goes out a window after it opened; one whose members announce siblings
         goes a window after the latest of them arrived, four windows after opening at most."""
         if batch.dispatched or self._window_s <= 0:
@@ -300,16 +316,21 @@ class Coalescer:
             return
         if batch.timer is not None:
             batch.timer.cancel()
-        scheduler = self._scheduler
         latest = batch.opened_at + SIBLING_WAIT_WINDOWS * self._window_s
         when = min(scheduler.time() + self._window_s, latest)
         batch.timer = scheduler.call_at(when, lambda: self._dispatch(batch))
 
-    async def _wait(self, batches: Sequence[_Batch]) -> dict[_Batch, UpstreamRanking]:
+    async def _wait(
+        self, batches: Sequence[_Batch], scheduler: Scheduler
+    ) -> dict[_Batch, UpstreamRanking]:
         self._waiting += 1
-        self._dispatch_when_quiet()
+        self._dispatch_when_quiet(scheduler)
         try:
-            await asyncio.gather(*(asyncio.shield(batch.result) for batch in batches))
+            # Shielded: one caller gone does not cancel a call others wait for.
+            if len(batches) == 1:
+                await asyncio.shield(batches[0].result)
+            else:
+                await asyncio.gather(*(asyncio.shield(batch.result) for batch in batches))
         except BaseException:
             # Cancelled, or one of its calls failed: its other calls go on only for others.
             for batch in batches:
@@ -328,11 +349,11 @@ class Coalescer:
             else:
                 self._abandon(batch)
 
-    def _dispatch_when_quiet(self) -> None:
+    def _dispatch_when_quiet(self, scheduler: Scheduler) -> None:
         """After this turn of the loop, send every open batch if no request in progress
         could still join one (each is waiting on a batch already)."""
         if self._open:
-            self._scheduler.call_soon(self._dispatch_if_quiet)
+            scheduler.call_soon(self._dispatch_if_quiet)
 
     def _dispatch_if_quiet(self) -> None:
         windowed = self._window_s > 0
@@ -354,7 +375,7 @@ class Coalescer:
         if batch.dispatched:
             return
         self._close(batch)
-        batch.task = asyncio.ensure_future(self._run(batch))
+        batch.task = batch.result.get_loop().create_task(self._run(batch))
 
     def _abandon(self, batch: _Batch) -> None:
         """Drop a batch nobody waits for any more before it was sent."""
@@ -367,9 +388,9 @@ class Coalescer:
         pending = self._pending.get(request_key)
         if pending is None:
             return
-        for key in batch.keys:
-            if pending.get(key) is batch:
-                del pending[key]
+        # Each key of a batch is on its way in that batch alone (a pair already on its way
+        # joins the batch carrying it), so all of them go, in one pass in C.
+        deque(map(pending.pop, batch.keys, repeat(None)), maxlen=0)
         if not pending:
             del self._pending[request_key]
 

@@ -58,6 +58,7 @@ _OUTAGES = frozenset(
 # Fail-open answers this long before the request's budget ends: a tenth of it, 1 s at most.
 _FAIL_OPEN_MARGIN = 0.1
 _FAIL_OPEN_MARGIN_MAX_S = 1.0
+_STR = frozenset({str})
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,10 @@ class Ranking:
     can make far-apart logits equal (a sigmoid is 1.0 for every logit above about 37)."""
 
     def order(self) -> list[int]:
-        """Document indices best first, at most ``top_n``; ties keep input order."""
+        """Document indices best first, at most ``top_n``; ties keep input order (a reversed
+        sort is stable too)."""
         by = self.scores if self.logits is None else self.logits
-        best_first = sorted(range(len(by)), key=lambda i: -by[i])
+        best_first = sorted(range(len(by)), key=by.__getitem__, reverse=True)
         return best_first if self.top_n is None else best_first[: self.top_n]
 
 
@@ -147,10 +149,11 @@ class Ranker:
         is wholly the base64 of an image is that image, when the model takes images (Weaviate
         sends a ``blob`` property so); ``images`` is the request's image budget so far.
         """
-        self.check_request(query, documents)
+        text_only = _texts_only(documents)
+        self.check_request(query, documents, text_only)
         check_top_n(top_n)
         target = self.targets.resolve(options)
-        documents = self._with_images(target.model, documents, blobs, images)
+        documents, text_only = self._with_images(target.model, documents, blobs, images, text_only)
         budget = self.limits.request_timeout_s
         if budget_s is not None:
             budget = min(budget, max(budget_s, 0.0))
@@ -162,7 +165,10 @@ class Ranker:
         try:
             async with self.admission.admit():
                 ranking = await within(
-                    work, self._rank(target, query, documents, top_n, deadline, siblings_expected)
+                    work,
+                    self._rank(
+                        target, query, documents, top_n, deadline, siblings_expected, text_only
+                    ),
                 )
         except (TimeoutError, asyncio.TimeoutError):
             if self.fail_open:
@@ -206,9 +212,11 @@ class Ranker:
         documents: Sequence[Passage],
         blobs: bool,
         images: ImageBudget | None,
-    ) -> Sequence[Passage]:
+        text_only: bool,
+    ) -> tuple[Sequence[Passage], bool]:
         """``documents`` with each Weaviate blob as the image it is (when the model takes
-        images and detection is on), every image checked against what the model takes."""
+        images and detection is on), every image checked against what the model takes; and
+        whether they are still all text."""
         takes_images = self.catalog.takes_images(model)
         if blobs and self.detect_image_blobs and takes_images:
             budget = images if images is not None else self.image_budget(len(documents))
@@ -223,19 +231,32 @@ class Ranker:
                     found[index] = ImagePassage("", image)
             if found is not None:
                 documents = found
+                text_only = False
+        if text_only:
+            return documents, True
         for index, document in enumerate(documents):
             if document.__class__ is ImagePassage:
                 image = document.image
                 check_model_takes(image, model, f"documents[{index}].image", self.catalog)
-        return documents
+        return documents, False
 
-    def check_request(self, query: str, documents: Sequence[Passage]) -> None:
+    def check_request(
+        self, query: str, documents: Sequence[Passage], text_only: bool | None = None
+    ) -> None:
+        """The request's counts and text within their limits; ``text_only``: every document is
+        a ``str`` (found out here when not given)."""
         if not query.strip():
             raise invalid_argument("query must not be empty")
         limits = self.limits
         check_count("documents", len(documents), limits.max_documents, "RERANKER_MAX_DOCUMENTS")
         text_bytes = _utf8_size("query", query)
-        texts = [d if d.__class__ is str else cast(ImagePassage, d).text for d in documents]
+        if text_only is None:
+            text_only = _texts_only(documents)
+        texts = (
+            cast(Sequence[str], documents)
+            if text_only
+            else [d if d.__class__ is str else cast(ImagePassage, d).text for d in documents]
+        )
         if all(map(str.isascii, texts)):
             text_bytes += sum(map(len, texts))
         else:
@@ -292,13 +313,14 @@ class Ranker:
         documents: Sequence[Passage],
         top_n: int | None,
         deadline: float,
-        siblings_expected: bool = False,
+        siblings_expected: bool,
+        text_only: bool,
     ) -> Ranking:
         """Cached scores first; only the misses go upstream, through the coalescer, which
-        splits them into calls of at most ``max_passages_per_call`` sent concurrently."""
+        splits them into calls of at most ``max_passages_per_call`` sent concurrently.
+        ``text_only``: every document is a ``str``."""
         if not documents:
             return Ranking([], target.model, top_n=top_n)
-        text_only = all(document.__class__ is str for document in documents)
         keys = self.pair_keys(target, query, documents, text_only)
         found: list[float | None] = [None] * len(keys)
         trust = _Trust(self, target)
@@ -403,12 +425,17 @@ class _Trust:
 def _by_tag(tags: list[bytes]) -> list[tuple[bytes, list[int] | None]]:
     """The positions answered by each endpoint; ``None`` when one endpoint answered all."""
     first = tags[0]
-    if all(tag == first for tag in tags):
+    if tags.count(first) == len(tags):
         return [(first, None)]
     groups: dict[bytes, list[int]] = {}
     for position, tag in enumerate(tags):
         groups.setdefault(tag, []).append(position)
     return list(groups.items())
+
+
+def _texts_only(documents: Sequence[Passage]) -> bool:
+    """Whether every document is a ``str`` (no image), checked in C."""
+    return set(map(type, documents)) <= _STR
 
 
 def check_count(field: str, count: int, limit: int, variable: str) -> None:

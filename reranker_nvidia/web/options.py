@@ -26,8 +26,11 @@ def with_example(example: dict[str, Any]) -> ConfigDict:
     return ConfigDict(extra="ignore", json_schema_extra={"examples": [example]})
 
 
-def header_options(request: Request) -> RankOptions:
-    """The per-request key and base URL a caller sent as headers.
+def header_options(
+    request: Request, *, model: str | None = None, truncate: str | None = None
+) -> RankOptions:
+    """The per-request key and base URL a caller sent as headers, with the body's ``model``
+    and ``truncate``.
 
     The key is ``Authorization: Bearer <key>`` (how NIM, Cohere and Weaviate's built-in
     module send it), else ``X-Nvidia-Api-Key`` (how Weaviate names it on its own API).
@@ -43,8 +46,10 @@ def header_options(request: Request) -> RankOptions:
         elif name == _BASE_URL and base_url is None:
             base_url = value
     return RankOptions(
-        api_key=usable_key(_bearer_token(authorization)) or usable_key(_text(key)),
+        model=model,
         base_url=_text(base_url),
+        truncate=truncate,
+        api_key=usable_key(_bearer_token(authorization)) or usable_key(_text(key)),
     )
 
 

@@ -9,7 +9,6 @@ takes images.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -67,7 +66,7 @@ def weaviate_rerank(ranker: Ranker, truncate: str) -> Handler:
         body = parse_object(request.body)
         query = string(required(body, "query"), "query")
         documents = body.get("documents")
-        options = replace(header_options(request), truncate=truncate)
+        options = header_options(request, truncate=truncate)
         budget_s = request_budget(request)
         if documents is not None:
             texts = strings(documents, "documents")

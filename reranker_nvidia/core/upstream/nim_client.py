@@ -47,6 +47,8 @@ from reranker_nvidia.wire import (
 
 log = logging.getLogger("reranker_nvidia.upstream")
 T = TypeVar("T")
+# How an endpoint is named in messages, worked out once per URL rather than once per call.
+_named = functools.lru_cache(maxsize=1024)(redact_url)
 
 # Answers larger than this are parsed on a worker thread, so the event loop keeps serving.
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
@@ -108,7 +110,7 @@ class NimClient:
         headers = _FIXED_HEADERS
         if api_key:
             headers = [*headers, (b"authorization", b"Bearer " + api_key.encode("ascii"))]
-        where = redact_url(endpoint)
+        where = _named(endpoint)
         try:
             response = await within(
                 timeout_s, self._send(endpoint, headers, orjson.dumps(body), guarded)
