@@ -351,7 +351,7 @@ CLOSE_SLACK_S = 2.0
 # body timeout the uploads that fit are held to.
 REFUSED_AT_ONCE_S = 1.0
 # What the stalled uploads may add to the sidecar's memory: the bodies the bound lets in,
-# plus the allocator's slack (a bytearray grows by an eighth past what it holds).
+# plus the allocator's slack and the pieces read from the socket before they are counted.
 STALLED_GROWTH_BOUND_MIB = MAX_BUFFERED_BODY_BYTES // MIB + 32
 # What a huge header or URL may have sent when its answer comes: the 32 KiB limit plus what
 # loopback's socket buffers take before the answer is read; far below the 64 MiB it offers.

@@ -26,6 +26,7 @@ from reranker_nvidia.wire.asgi import run_asgi
 from reranker_nvidia.wire.exchange import Request, Response
 from reranker_nvidia.wire.limits import ServerLimits
 from reranker_nvidia.wire.server import HttpServer
+from reranker_nvidia.wire.server_connection import PIECE_OVERHEAD_BYTES
 
 FAST = ServerLimits(header_timeout_s=5.0, keep_alive_timeout_s=5.0, body_timeout_s=5.0)
 
@@ -632,8 +633,10 @@ async def test_a_head_exactly_at_the_limit_is_read() -> None:
 
 
 async def test_bodies_in_memory_are_bounded_across_connections() -> None:
+    """Each piece of a body counts its bytes and what holding it costs (one object)."""
     app = TestApp()
-    limits = ServerLimits(max_body_bytes=1000, max_buffered_body_bytes=2000)
+    piece = PIECE_OVERHEAD_BYTES
+    limits = ServerLimits(max_body_bytes=1000, max_buffered_body_bytes=2000 + 3 * piece)
     async with serving(app, limits) as server:
         stalled = []
         for _ in range(2):
@@ -642,7 +645,7 @@ async def test_bodies_in_memory_are_bounded_across_connections() -> None:
                 b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"a" * 999
             )
             stalled.append((reader, writer))
-        await until(lambda: server.buffered_body_bytes == 1998)
+        await until(lambda: server.buffered_body_bytes == 1998 + 2 * piece)
         # A body that does not fit is refused as soon as it is declared ...
         reader, writer = await connect(server)
         writer.write(post(b"/small", b"tiny"))
@@ -660,7 +663,7 @@ async def test_bodies_in_memory_are_bounded_across_connections() -> None:
         first_writer.write(b"b")
         status, _, body = await read_response(first_reader)
         assert (status, body) == (200, b"a" * 999 + b"b")
-        await until(lambda: server.buffered_body_bytes == 999)
+        await until(lambda: server.buffered_body_bytes == 999 + piece)
         reader, writer = await connect(server)
         writer.write(post(b"/small", b"tiny"))
         assert (await read_response(reader))[::2] == (200, b"tiny")
