@@ -138,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from reranker_nvidia.core.upstream.routing.table import EndpointTableError
     from reranker_nvidia.server.assembly import build_core
+    from reranker_nvidia.server.collector import settle_collector
     from reranker_nvidia.server.files import raise_file_limit
     from reranker_nvidia.server.sidecar import SidecarServer
 
@@ -163,8 +164,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"reranker-nvidia: {error}", file=sys.stderr)
         return 2
     flush_logs = logs.configure(settings.log_level, settings.log_format, core.secrets)
+    server = SidecarServer(settings, core)
+    settle_collector()
     try:
-        _run(SidecarServer(settings, core).serve_until_signalled())
+        _run(server.serve_until_signalled())
     except StartupError as error:
         flush_logs()
         print(f"reranker-nvidia: {error}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 
 from tests.support import SCRIPT, SERVE, SERVING, running
 
@@ -92,3 +93,18 @@ def test_json_log_format_makes_every_line_json(clean_env: dict[str, str]) -> Non
     assert summary["logger"] == "reranker_nvidia.server"
     assert "\n  model " in summary["message"], "the start-up block stays one entry"
     assert entries[-1]["message"] == "stopped"
+
+
+def test_the_collector_is_settled_for_a_server() -> None:
+    """What start-up built is kept out of collections and young ones are spaced out; run in a
+    process of its own, as it changes the collector for good."""
+    probe = (
+        "import gc\n"
+        "from reranker_nvidia.server.collector import YOUNG_THRESHOLD, settle_collector\n"
+        "before = gc.get_threshold()\n"
+        "settle_collector()\n"
+        "after = gc.get_threshold()\n"
+        "assert after == (YOUNG_THRESHOLD, *before[1:]) and YOUNG_THRESHOLD > before[0], after\n"
+        "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
