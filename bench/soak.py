@@ -67,7 +67,7 @@ from reranker_nvidia.client import AsyncRerankerClient
 from reranker_nvidia.errors import RerankError
 from reranker_nvidia.server.files import raise_file_limit
 from reranker_nvidia.types import Hit, SearchType
-from reranker_nvidia.wire.limits import LINGER_S
+from reranker_nvidia.wire.limits import LINGER_S, body_charge
 
 MIB = 1024 * 1024
 # The sidecar's resident memory must stay under this through the whole soak, attacks included:
@@ -351,7 +351,7 @@ CLOSE_SLACK_S = 2.0
 # body timeout the uploads that fit are held to.
 REFUSED_AT_ONCE_S = 1.0
 # What the stalled uploads may add to the sidecar's memory: the bodies the bound lets in,
-# plus the allocator's slack and the pieces read from the socket before they are counted.
+# plus the allocator's slack and what is read from the sockets before it is counted.
 STALLED_GROWTH_BOUND_MIB = MAX_BUFFERED_BODY_BYTES // MIB + 32
 # What a huge header or URL may have sent when its answer comes: the 32 KiB limit plus what
 # loopback's socket buffers take before the answer is read; far below the 64 MiB it offers.
@@ -412,7 +412,7 @@ FULL = Scale()
 QUICK = Scale(
     silent=200,
     oversized=4 * MIB,
-    uploads=12,  # ten fit under the bound on bodies in memory, two do not
+    uploads=12,  # nine fit under the bound on bodies in memory, three do not
     zero_window_connections=3,
     zero_window_calls=100,
     rapid_reset_s=1.0,
@@ -771,8 +771,9 @@ async def _oversized(port: int, size: int, scale: Scale) -> Outcome:
 
 
 async def _stalled_uploads(target: Target, scale: Scale) -> Outcome:
-    # The bound counts bytes that arrived: as many uploads as have room for what they send.
-    fits = min(scale.uploads, MAX_BUFFERED_BODY_BYTES // scale.upload_sent)
+    # The bound charges what arrived (and what holding it may cost): as many uploads as have
+    # room for what they send.
+    fits = min(scale.uploads, MAX_BUFFERED_BODY_BYTES // body_charge(scale.upload_sent))
     bound = BODY_TIMEOUT_S + LINGER_S + scale.seconds(CLOSE_SLACK_S)
     at_once = scale.seconds(REFUSED_AT_ONCE_S)
     rss = RssWatch(target.pid)

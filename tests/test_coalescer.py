@@ -261,3 +261,35 @@ async def test_a_batch_everyone_left_before_it_went_is_dropped() -> None:
         await settle()
         await scheduler.advance(WINDOW)
     assert upstream.calls == []
+
+
+async def test_a_request_arriving_as_a_call_is_cancelled_sends_its_pairs_afresh() -> None:
+    """The last caller of a call in flight leaves; a request for the same pairs that arrives
+    before the call has seen its cancellation gets its scores, not the cancellation."""
+    upstream, scheduler = Upstream(), FakeScheduler()
+    release = asyncio.Event()
+
+    async def slow(
+        target: Target, query: str, passages: Sequence[Passage], deadline: float
+    ) -> UpstreamRanking:
+        texts = [str(passage) for passage in passages]
+        upstream.calls.append(texts)
+        await release.wait()
+        return UpstreamRanking([float(len(p)) for p in texts], Usage())
+
+    coalescer = Coalescer(slow, max_passages=512, window_s=WINDOW, scheduler=scheduler)
+    with coalescer.possible_joiner():
+        leaving = score(coalescer, ["a", "bb"])
+        await settle()
+    assert upstream.calls == [["a", "bb"]]
+    with coalescer.possible_joiner():
+        # The loop runs the leaving caller's cancellation (which cancels the call), then
+        # places the arriving request, then the call sees its cancellation.
+        leaving.cancel()
+        arriving = score(coalescer, ["bb", "a"])
+        await settle()
+    release.set()
+    assert (await arriving)[0] == [2.0, 1.0]
+    assert upstream.calls == [["a", "bb"], ["bb", "a"]]
+    with pytest.raises(asyncio.CancelledError):
+        await leaving

@@ -24,9 +24,8 @@ from reranker_nvidia.wire import server as server_module
 from reranker_nvidia.wire import server_connection
 from reranker_nvidia.wire.asgi import run_asgi
 from reranker_nvidia.wire.exchange import Request, Response
-from reranker_nvidia.wire.limits import ServerLimits
+from reranker_nvidia.wire.limits import ServerLimits, body_charge
 from reranker_nvidia.wire.server import HttpServer
-from reranker_nvidia.wire.server_connection import PIECE_OVERHEAD_BYTES
 
 FAST = ServerLimits(header_timeout_s=5.0, keep_alive_timeout_s=5.0, body_timeout_s=5.0)
 
@@ -633,10 +632,12 @@ async def test_a_head_exactly_at_the_limit_is_read() -> None:
 
 
 async def test_bodies_in_memory_are_bounded_across_connections() -> None:
-    """Each piece of a body counts its bytes and what holding it costs (one object)."""
+    """Each body is charged what holding it may cost (``body_charge``) as its bytes arrive."""
     app = TestApp()
-    piece = PIECE_OVERHEAD_BYTES
-    limits = ServerLimits(max_body_bytes=1000, max_buffered_body_bytes=2000 + 3 * piece)
+    held = body_charge(999)
+    limits = ServerLimits(
+        max_body_bytes=1000, max_buffered_body_bytes=2 * held + body_charge(1000) - held
+    )
     async with serving(app, limits) as server:
         stalled = []
         for _ in range(2):
@@ -645,7 +646,7 @@ async def test_bodies_in_memory_are_bounded_across_connections() -> None:
                 b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + b"a" * 999
             )
             stalled.append((reader, writer))
-        await until(lambda: server.buffered_body_bytes == 1998 + 2 * piece)
+        await until(lambda: server.buffered_body_bytes == 2 * held)
         # A body that does not fit is refused as soon as it is declared ...
         reader, writer = await connect(server)
         writer.write(post(b"/small", b"tiny"))
@@ -663,11 +664,48 @@ async def test_bodies_in_memory_are_bounded_across_connections() -> None:
         first_writer.write(b"b")
         status, _, body = await read_response(first_reader)
         assert (status, body) == (200, b"a" * 999 + b"b")
-        await until(lambda: server.buffered_body_bytes == 999 + piece)
+        await until(lambda: server.buffered_body_bytes == held)
         reader, writer = await connect(server)
         writer.write(post(b"/small", b"tiny"))
         assert (await read_response(reader))[::2] == (200, b"tiny")
         assert server.refusals == {503: 2}
+
+
+async def test_a_body_in_tiny_chunks_is_charged_as_one_piece_of_their_sum() -> None:
+    """One connection sending its body a byte per chunk holds no more of the bound than the
+    same bytes sent at once: it cannot keep others' bodies out with little of its own."""
+    app = TestApp()
+    limits = ServerLimits(
+        max_body_bytes=1000, max_buffered_body_bytes=body_charge(1000) + body_charge(10)
+    )
+    async with serving(app, limits) as server:
+        trickle_reader, trickle = await connect(server)
+        trickle.write(b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        trickle.write(b"1\r\nx\r\n" * 600)
+        await until(lambda: server.buffered_body_bytes == body_charge(600))
+        reader, writer = await connect(server)
+        writer.write(post(b"/small", b"0123456789"))
+        assert (await read_response(reader))[::2] == (200, b"0123456789")
+        trickle.write(b"0\r\n\r\n")
+        assert (await read_response(trickle_reader))[::2] == (200, b"x" * 600)
+
+
+async def test_a_body_of_the_largest_size_fits_a_bound_of_its_own_charge() -> None:
+    """The smallest bound allowed holds one body of the largest size, however it arrives; a
+    smaller bound is a configuration error naming both settings."""
+    app = TestApp()
+    limits = ServerLimits(max_body_bytes=50_000, max_buffered_body_bytes=body_charge(50_000))
+    async with serving(app, limits) as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 50000\r\n\r\n")
+        for _ in range(50):
+            writer.write(b"z" * 1000)
+            await writer.drain()
+            await asyncio.sleep(0)
+        status, _, body = await read_response(reader)
+        assert (status, len(body)) == (200, 50_000)
+    with pytest.raises(ValueError, match=r"MAX_BUFFERED_BODY_BYTES .* of RERANKER_MAX_BODY_BYTES"):
+        ServerLimits(max_body_bytes=50_000, max_buffered_body_bytes=50_000)
 
 
 async def test_a_body_only_declared_holds_none_of_the_bound() -> None:

@@ -72,6 +72,8 @@ class _Batch:
     expecting: bool = False
     """Every member so far said siblings are on their way."""
     dispatched: bool = False
+    forgotten: bool = False
+    """Its pairs are no longer on their way in it: no request may join it."""
     task: asyncio.Task[None] | None = None
     timer: Timer | None = None
 
@@ -345,6 +347,9 @@ class Coalescer:
         batch.waiters -= 1
         if batch.waiters == 0 and not batch.result.done():
             if batch.task is not None:
+                # Forgotten now, not when the task sees its cancellation: a request arriving
+                # meanwhile sends its pairs afresh instead of joining a call on its way out.
+                self._forget(batch)
                 batch.task.cancel()
             else:
                 self._abandon(batch)
@@ -384,6 +389,9 @@ class Coalescer:
         batch.result.cancel()
 
     def _forget(self, batch: _Batch) -> None:
+        if batch.forgotten:
+            return
+        batch.forgotten = True
         request_key = batch.target.request_key
         pending = self._pending.get(request_key)
         if pending is None:

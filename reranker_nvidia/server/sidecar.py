@@ -28,7 +28,7 @@ from reranker_nvidia.server.startup import (
 from reranker_nvidia.settings import Settings
 from reranker_nvidia.v1 import reranker_service_pb2 as pb
 from reranker_nvidia.web.app import create_http_app
-from reranker_nvidia.wire import HttpServer, ServerLimits
+from reranker_nvidia.wire import HttpServer, ServerLimits, body_charge
 
 log = logging.getLogger("reranker_nvidia.server")
 
@@ -71,8 +71,9 @@ class SidecarServer:
                 max_header_bytes=settings.max_header_bytes,
                 max_url_bytes=settings.max_url_bytes,
                 max_body_bytes=settings.max_body_bytes,
+                # Never below what one body of the largest size may hold, so that one fits.
                 max_buffered_body_bytes=max(
-                    settings.max_buffered_body_bytes, settings.max_body_bytes
+                    settings.max_buffered_body_bytes, body_charge(settings.max_body_bytes)
                 ),
             ),
             ssl_context=_tls_context(settings),

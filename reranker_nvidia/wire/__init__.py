@@ -19,7 +19,7 @@ from reranker_nvidia.wire.errors import (
     TransportError,
 )
 from reranker_nvidia.wire.exchange import App, Refusal, Request, Response
-from reranker_nvidia.wire.limits import ServerLimits
+from reranker_nvidia.wire.limits import ServerLimits, body_charge
 from reranker_nvidia.wire.pool import HttpClient
 from reranker_nvidia.wire.server import HttpServer
 
@@ -46,5 +46,6 @@ __all__ = [
     "ServerLimits",
     "Target",
     "TransportError",
+    "body_charge",
     "run_asgi",
 ]

@@ -51,12 +51,25 @@ class ServerLimits:
             value = getattr(self, field.name)
             if isinstance(value, (int, float)) and not value > 0:
                 raise ValueError(f"{self.setting(field.name)} must be positive, not {value!r}")
-        if self.max_buffered_body_bytes < self.max_body_bytes:
+        if self.max_buffered_body_bytes < body_charge(self.max_body_bytes):
             raise ValueError(
                 f"{self.setting('max_buffered_body_bytes')} ({self.max_buffered_body_bytes}) "
-                f"must be at least {self.setting('max_body_bytes')} ({self.max_body_bytes})"
+                f"must hold one body of {self.setting('max_body_bytes')} "
+                f"({self.max_body_bytes}): at least {body_charge(self.max_body_bytes)}"
             )
 
     def setting(self, name: str) -> str:
         """The name of the setting ``name`` comes from, as refusals and errors cite it."""
         return f"{self.settings_prefix}{name.upper()}"
+
+
+# A body's buffer object, beyond the bytes it holds.
+BODY_BUFFER_OVERHEAD_BYTES = 64
+
+
+def body_charge(size: int) -> int:
+    """What holding a body of ``size`` bytes received so far is charged against
+    ``max_buffered_body_bytes``: its bytes, the eighth more a buffer that grows as pieces arrive
+    may hold (CPython's bytearray over-allocates by at most that), and the buffer object. A
+    function of the size alone, so many tiny pieces cost no more than one piece of their sum."""
+    return size + size // 8 + BODY_BUFFER_OVERHEAD_BYTES if size else 0

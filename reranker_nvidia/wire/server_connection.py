@@ -51,7 +51,7 @@ from httptools import (
 )
 
 from reranker_nvidia.wire.exchange import App, Refusal, Request, Response
-from reranker_nvidia.wire.limits import LINGER_DISCARD_BYTES, LINGER_S, ServerLimits
+from reranker_nvidia.wire.limits import LINGER_DISCARD_BYTES, LINGER_S, ServerLimits, body_charge
 
 log = logging.getLogger("reranker_nvidia.http")
 
@@ -68,9 +68,6 @@ _CLOSING = 6  # closed or closing: nothing more is read or answered
 _END_OF_HEAD = b"\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _SMALL_BODY = 64 * 1024  # written with its head in one write; larger ones follow it
-# What holding one received piece of a body costs beyond its bytes: the bytes object's header
-# (33 bytes) and its slot in the list of pieces, with the list's own slack.
-PIECE_OVERHEAD_BYTES = 64
 _METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")}
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 _FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
@@ -224,7 +221,7 @@ class ServerConnection(asyncio.Protocol):
         self._expect: bytes | None = None
         self._chunked = False
         self._body_left = 0
-        self._body: bytes | list[bytes] = b""
+        self._body: bytes | bytearray = b""
         self._body_size = 0
         self._got_data = False
         self._framing_run = 0
@@ -626,7 +623,7 @@ class ServerConnection(asyncio.Protocol):
         if length:
             # Charged as its bytes arrive (on_body), not as declared: a connection that only
             # promises a body holds none of the bound. One that could never fit is refused now.
-            if not self._state.fits(length + PIECE_OVERHEAD_BYTES):
+            if not self._state.fits(body_charge(length)):
                 self._stop_parser(self._over_budget())
             self._body_left = length
         expect = self._expect
@@ -638,30 +635,31 @@ class ServerConnection(asyncio.Protocol):
         self._set_deadline(limits.body_timeout_s)
 
     def on_body(self, body: bytes) -> None:
+        received = self._body_size
+        size = received + len(body)
         if self._chunked:
             self._got_data = True
-            self._body_size += len(body)
-            if self._body_size > self._limits.max_body_bytes:
+            if size > self._limits.max_body_bytes:
                 self._stop_parser(self._too_large())
-        # Charged before it is held, at what holding it costs: a piece's bytes and its object.
-        cost = len(body) + PIECE_OVERHEAD_BYTES
+        # Charged before it is held, by what holding the whole body so far may cost.
+        cost = body_charge(size) - body_charge(received)
         if not self._state.reserve(cost):
             self._stop_parser(self._over_budget())
         self._reserved += cost
-        # Pieces are held as they came and joined once, when the body is complete: a growing
-        # bytearray would hold up to an eighth more than it received, outside the count.
+        self._body_size = size
+        # Pieces go into one buffer: a body sent as many tiny chunks costs no object each.
         held = self._body
         if not held:
             self._body = body
         elif type(held) is bytes:
-            self._body = [held, body]
+            self._body = bytearray(held)
+            self._body += body
         else:
-            cast(list[bytes], held).append(body)
+            held += body
 
     def on_message_complete(self) -> None:
         body = self._body
-        joined = body if type(body) is bytes else b"".join(cast(list[bytes], body))
-        self._ready = self._request(joined, None)
+        self._ready = self._request(body if type(body) is bytes else bytes(body), None)
         self._body = b""
         self._phase = _HANDLING
 
