@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import uvloop
 
 from reranker_nvidia.core.upstream import hedging
 from reranker_nvidia.core.upstream.hedging import LatencyTracker, hedged
@@ -247,3 +249,30 @@ def test_bad_tracker_settings_are_refused() -> None:
         LatencyTracker(size=0)
     with pytest.raises(ValueError):
         LatencyTracker(size=10, min_samples=11)
+
+
+def test_on_uvloop_the_hedge_never_goes_before_its_delay() -> None:
+    """uvloop counts timers in whole milliseconds from the start of its turn, so a 1.4 ms delay
+    could fire after 1 ms or less and hedge ordinary calls; the hedge waits the delay out."""
+    delay_s = 0.0014
+    waited: list[float] = []
+
+    async def first() -> str:
+        await asyncio.sleep(0.005)
+        return "first"
+
+    async def one_call() -> None:
+        started = time.monotonic()
+
+        def second() -> Awaitable[str]:
+            waited.append(time.monotonic() - started)
+            return asyncio.sleep(0, "second")
+
+        await hedged(first, second, delay_s)
+
+    async def main() -> None:
+        for _ in range(40):
+            await one_call()
+
+    uvloop.run(main())
+    assert len(waited) == 40 and min(waited) >= delay_s, sorted(waited)[:5]

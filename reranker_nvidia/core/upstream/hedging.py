@@ -112,8 +112,7 @@ async def hedged(
         return Hedged(await first(), 0, False)
     calls: list[asyncio.Future[T]] = [asyncio.ensure_future(first())]
     try:
-        done, _ = await asyncio.wait(calls, timeout=max(delay_s, 0.0))
-        if not done:
+        if not await _answered_within(calls[0], delay_s):
             hedge = second()
             if hedge is not None:
                 calls.append(asyncio.ensure_future(hedge))
@@ -131,6 +130,20 @@ async def hedged(
                 call.cancel()
                 _losers.add(call)
                 call.add_done_callback(_forget_loser)
+
+
+async def _answered_within(call: asyncio.Future[Any], delay_s: float) -> bool:
+    """Whether ``call`` finished within ``delay_s``, waiting no longer. The loop's timers may
+    fire early (uvloop rounds a delay to whole milliseconds and counts from the time its turn
+    began), and a hedge sent early is sent for ordinary calls; so the time is checked on the
+    clock and waited out in whole milliseconds, rounded up, until it is really up."""
+    due = time.monotonic() + max(delay_s, 0.0)
+    while not call.done():
+        left = due - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.wait((call,), timeout=math.ceil(left * 1000) / 1000)
+    return True
 
 
 def _forget_loser(call: asyncio.Future[Any]) -> None:
