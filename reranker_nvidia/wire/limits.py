@@ -63,13 +63,24 @@ class ServerLimits:
         return f"{self.settings_prefix}{name.upper()}"
 
 
-# A body's buffer object, beyond the bytes it holds.
-BODY_BUFFER_OVERHEAD_BYTES = 64
+# A body arrives in pieces (what each read from the socket gave). Pieces of at least
+# SMALL_PIECE_BYTES are held as they came, each never copied or grown; smaller ones are gathered
+# in a staging buffer, flushed as one piece once it holds STAGING_BYTES, so a body sent a few
+# bytes per chunk costs no object per chunk, and no large buffer is ever grown in place.
+SMALL_PIECE_BYTES = 4096
+STAGING_BYTES = 16 * 1024
+# A held piece's object header and its slot in the list of pieces.
+PIECE_OVERHEAD_BYTES = 64
+# The staging buffer at its largest (it may pass STAGING_BYTES by one small piece), with the
+# eighth a growing bytearray may hold beyond that, and its object.
+_STAGING_CHARGE = (STAGING_BYTES + SMALL_PIECE_BYTES) * 9 // 8 + PIECE_OVERHEAD_BYTES
 
 
 def body_charge(size: int) -> int:
     """What holding a body of ``size`` bytes received so far is charged against
-    ``max_buffered_body_bytes``: its bytes, the eighth more a buffer that grows as pieces arrive
-    may hold (CPython's bytearray over-allocates by at most that), and the buffer object. A
-    function of the size alone, so many tiny pieces cost no more than one piece of their sum."""
-    return size + size // 8 + BODY_BUFFER_OVERHEAD_BYTES if size else 0
+    ``max_buffered_body_bytes``: its bytes; an object for each held piece (at most two per
+    SMALL_PIECE_BYTES, as a small piece is flushed from staging by a large one at worst); and
+    the staging buffer. A function of the size alone, whatever the pieces."""
+    if not size:
+        return 0
+    return size + size // 32 + PIECE_OVERHEAD_BYTES + _STAGING_CHARGE

@@ -51,7 +51,14 @@ from httptools import (
 )
 
 from reranker_nvidia.wire.exchange import App, Refusal, Request, Response
-from reranker_nvidia.wire.limits import LINGER_DISCARD_BYTES, LINGER_S, ServerLimits, body_charge
+from reranker_nvidia.wire.limits import (
+    LINGER_DISCARD_BYTES,
+    LINGER_S,
+    SMALL_PIECE_BYTES,
+    STAGING_BYTES,
+    ServerLimits,
+    body_charge,
+)
 
 log = logging.getLogger("reranker_nvidia.http")
 
@@ -163,6 +170,7 @@ class ServerConnection(asyncio.Protocol):
         "_refusal",
         "_reserved",
         "_server",
+        "_staging",
         "_state",
         "_te",
         "_te_count",
@@ -221,7 +229,9 @@ class ServerConnection(asyncio.Protocol):
         self._expect: bytes | None = None
         self._chunked = False
         self._body_left = 0
-        self._body: bytes | bytearray = b""
+        # One piece as it came, or the pieces held so far (see SMALL_PIECE_BYTES).
+        self._body: bytes | list[bytes] = b""
+        self._staging = bytearray()
         self._body_size = 0
         self._got_data = False
         self._framing_run = 0
@@ -297,6 +307,7 @@ class ServerConnection(asyncio.Protocol):
         self._forget()
         self._held = []
         self._body = b""
+        self._staging = bytearray()
 
     def eof_received(self) -> bool | None:
         return None  # the client closed its side: it has left, so the transport closes
@@ -647,19 +658,39 @@ class ServerConnection(asyncio.Protocol):
             self._stop_parser(self._over_budget())
         self._reserved += cost
         self._body_size = size
-        # Pieces go into one buffer: a body sent as many tiny chunks costs no object each.
         held = self._body
-        if not held:
-            self._body = body
-        elif type(held) is bytes:
-            self._body = bytearray(held)
-            self._body += body
+        if type(held) is not bytes:
+            self._hold(body)
+        elif not held:
+            self._body = body  # most bodies come in one piece: held as it came, never copied
         else:
-            held += body
+            self._body = []
+            self._hold(held)
+            self._hold(body)
+
+    def _hold(self, piece: bytes) -> None:
+        pieces = cast(list[bytes], self._body)
+        staging = self._staging
+        if len(piece) < SMALL_PIECE_BYTES:
+            staging += piece
+            if len(staging) >= STAGING_BYTES:
+                pieces.append(bytes(staging))
+                staging.clear()
+        else:
+            if staging:
+                pieces.append(bytes(staging))
+                staging.clear()
+            pieces.append(piece)
 
     def on_message_complete(self) -> None:
         body = self._body
-        self._ready = self._request(body if type(body) is bytes else bytes(body), None)
+        if type(body) is not bytes:
+            pieces = cast(list[bytes], body)
+            if self._staging:
+                pieces.append(bytes(self._staging))
+                self._staging.clear()
+            body = b"".join(pieces)
+        self._ready = self._request(body, None)
         self._body = b""
         self._phase = _HANDLING
 
@@ -721,6 +752,7 @@ class ServerConnection(asyncio.Protocol):
         self._held = []
         self._release()
         self._body = b""
+        self._staging = bytearray()
         self._dispatch(self._request(b"", refusal))
 
     def _dispatch(self, request: Request) -> None:
