@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from bench.flood import EMULATOR_DELAY_MS
+from bench.peers import report
 from bench.slow_replica import HEDGE_BUDGET
 from reranker_nvidia.cli import main as cli
 from tests.support import Emulator
@@ -99,3 +100,26 @@ def test_the_emulators_tail_share_is_refused_outside_0_to_1(
         cli(["emulate-nim", "--tail-share", "1.5"])
     assert exit_.value.code == 2
     assert "--tail-share: must be a number from 0 to 1, not '1.5'" in capsys.readouterr().err
+
+
+def test_the_peers_report_divides_only_what_the_sidecar_adds() -> None:
+    """A percentile of the sidecar at or below direct's gives no ratio, not a negative one."""
+    latency = {
+        "direct": {"p50_ms": 3.0, "added_p50_ms": 0.0, "added_p99_ms": 0.0},
+        "sidecar /rerank": {"p50_ms": 4.0, "added_p50_ms": 1.0, "added_p99_ms": -1.2},
+        "LiteLLM /rerank": {"p50_ms": 15.0, "added_p50_ms": 12.0, "added_p99_ms": 22.0},
+    }
+    rates = {
+        f"{name} c={concurrency}": {"requests_per_s": rate, "cpu_ms_per_request": cpu}
+        for concurrency in (16, 64)
+        for name, rate, cpu in (
+            ("direct", 400.0, float("nan")),
+            ("sidecar /rerank", 380.0, 0.9),
+            ("LiteLLM /rerank", 80.0, 12.0),
+        )
+    }
+    ratios = report({"latency": latency, "throughput": rates}).splitlines()[-1]
+    assert ratios == (
+        "LiteLLM / sidecar: added p50 12.0 x, added p99 n/a (the sidecar's at or below "
+        "direct's); throughput c=16 0.21 x, c=64 0.21 x"
+    )
