@@ -39,10 +39,10 @@ class ServerLimits:
     max_body_bytes: int = 16 * 1024 * 1024
     """A request body, declared or received (413 past it)."""
     max_buffered_body_bytes: int = 128 * 1024 * 1024
-    """Request bodies held in memory across all connections, from the first byte (or the
-    declared length, reserved at the headers) until the request's handler returns. A body that
-    would pass it is refused 503 with Retry-After: at once when its declared length does not fit,
-    when it crosses the line for a chunked one."""
+    """Request bodies held in memory across all connections, each charged ``body_charge`` of
+    what has arrived, from its first byte until the request's handler returns. A body that
+    would pass it is refused 503 with Retry-After: at once when its declared length could not
+    fit, else when what arrives crosses the line. It must hold one body of ``max_body_bytes``."""
     settings_prefix: str = "RERANKER_"
     """How the settings are named in refusals: the prefix, then the field's name in capitals."""
 
