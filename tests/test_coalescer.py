@@ -60,16 +60,20 @@ class FakeScheduler:
 
 @dataclass
 class Upstream:
-    """Records each call and answers with logit = passage length, unless told to fail."""
+    """Records each call and answers with logit = passage length, unless told to fail; with
+    ``release``, only once it is set."""
 
     calls: list[list[str]] = field(default_factory=list)
     failure: RerankError | None = None
+    release: asyncio.Event | None = None
 
     async def send(
         self, target: Target, query: str, passages: Sequence[Passage], deadline: float
     ) -> UpstreamRanking:
         texts = [str(passage) for passage in passages]
         self.calls.append(texts)
+        if self.release is not None:
+            await self.release.wait()
         if self.failure is not None:
             raise self.failure
         return UpstreamRanking([float(len(p)) for p in texts], Usage(10, 10))
@@ -154,18 +158,9 @@ async def test_different_queries_or_keys_never_share() -> None:
 
 
 async def test_a_pair_already_on_its_way_is_not_sent_again() -> None:
-    upstream, scheduler = Upstream(), FakeScheduler()
     release = asyncio.Event()
-
-    async def slow(
-        target: Target, query: str, passages: Sequence[Passage], deadline: float
-    ) -> UpstreamRanking:
-        texts = [str(passage) for passage in passages]
-        upstream.calls.append(texts)
-        await release.wait()
-        return UpstreamRanking([float(len(p)) for p in texts], Usage())
-
-    coalescer = Coalescer(slow, max_passages=512, window_s=WINDOW, scheduler=scheduler)
+    upstream, scheduler = Upstream(release=release), FakeScheduler()
+    coalescer = make(upstream, scheduler)
     with coalescer.possible_joiner():
         first = score(coalescer, ["a", "bb"])
         await settle()
@@ -266,18 +261,9 @@ async def test_a_batch_everyone_left_before_it_went_is_dropped() -> None:
 async def test_a_request_arriving_as_a_call_is_cancelled_sends_its_pairs_afresh() -> None:
     """The last caller of a call in flight leaves; a request for the same pairs that arrives
     before the call has seen its cancellation gets its scores, not the cancellation."""
-    upstream, scheduler = Upstream(), FakeScheduler()
     release = asyncio.Event()
-
-    async def slow(
-        target: Target, query: str, passages: Sequence[Passage], deadline: float
-    ) -> UpstreamRanking:
-        texts = [str(passage) for passage in passages]
-        upstream.calls.append(texts)
-        await release.wait()
-        return UpstreamRanking([float(len(p)) for p in texts], Usage())
-
-    coalescer = Coalescer(slow, max_passages=512, window_s=WINDOW, scheduler=scheduler)
+    upstream, scheduler = Upstream(release=release), FakeScheduler()
+    coalescer = make(upstream, scheduler)
     with coalescer.possible_joiner():
         leaving = score(coalescer, ["a", "bb"])
         await settle()

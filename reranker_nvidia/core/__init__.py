@@ -5,7 +5,7 @@ from reranker_nvidia.core.admission import Admission
 from reranker_nvidia.core.coalescer import Coalescer
 from reranker_nvidia.core.documents.hits import collection_options, rerank_hits, rerank_properties
 from reranker_nvidia.core.documents.images import Image, ImageBudget, parse_image
-from reranker_nvidia.core.documents.passages import ImagePassage, Passage
+from reranker_nvidia.core.documents.passages import ImagePassage, Passage, all_text
 from reranker_nvidia.core.metrics import CONTENT_TYPE, Metrics
 from reranker_nvidia.core.ranker import Ranker, Ranking, RequestLimits, check_top_n
 from reranker_nvidia.core.request_context import (
@@ -44,6 +44,7 @@ __all__ = [
     "Ranking",
     "RequestLimits",
     "Surface",
+    "all_text",
     "check_top_n",
     "collection_options",
     "new_request_id",

@@ -32,6 +32,7 @@ from reranker_nvidia.core.documents.images import (
 from reranker_nvidia.core.documents.passages import (
     ImagePassage,
     Passage,
+    all_text,
     cache_item,
     image_cache_bytes,
 )
@@ -58,7 +59,6 @@ _OUTAGES = frozenset(
 # Fail-open answers this long before the request's budget ends: a tenth of it, 1 s at most.
 _FAIL_OPEN_MARGIN = 0.1
 _FAIL_OPEN_MARGIN_MAX_S = 1.0
-_STR = frozenset({str})
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class Ranker:
         is wholly the base64 of an image is that image, when the model takes images (Weaviate
         sends a ``blob`` property so); ``images`` is the request's image budget so far.
         """
-        text_only = _texts_only(documents)
+        text_only = all_text(documents)
         self.check_request(query, documents, text_only)
         check_top_n(top_n)
         target = self.targets.resolve(options)
@@ -251,7 +251,7 @@ class Ranker:
         check_count("documents", len(documents), limits.max_documents, "RERANKER_MAX_DOCUMENTS")
         text_bytes = _utf8_size("query", query)
         if text_only is None:
-            text_only = _texts_only(documents)
+            text_only = all_text(documents)
         texts = (
             cast(Sequence[str], documents)
             if text_only
@@ -431,11 +431,6 @@ def _by_tag(tags: list[bytes]) -> list[tuple[bytes, list[int] | None]]:
     for position, tag in enumerate(tags):
         groups.setdefault(tag, []).append(position)
     return list(groups.items())
-
-
-def _texts_only(documents: Sequence[Passage]) -> bool:
-    """Whether every document is a ``str`` (no image), checked in C."""
-    return set(map(type, documents)) <= _STR
 
 
 def check_count(field: str, count: int, limit: int, variable: str) -> None:

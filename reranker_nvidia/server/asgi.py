@@ -17,6 +17,8 @@ from typing import Any
 
 import uvicorn
 
+from reranker_nvidia.wire import bind_tcp_listener
+
 
 class _EmbeddedServer(uvicorn.Server):
     """A uvicorn server that leaves signals alone.
@@ -71,15 +73,7 @@ class AsgiServer:
         return int(self.listener.getsockname()[1])
 
     async def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on connections accepted
-        # from a socket that says it is TCP, and without it every response that goes out in
-        # two writes (headers, then body) waits ~40 ms for the client's delayed ACK.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((self._host, self._port))
-        sock.set_inheritable(True)
+        sock = bind_tcp_listener(self._host, self._port)
         self._socket = sock
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:

@@ -13,10 +13,9 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from reranker_nvidia.core import ImageBudget, ImagePassage, Passage, Ranker, parse_image
+from reranker_nvidia.core import ImageBudget, Passage, Ranker, all_text
 from reranker_nvidia.web.json_body import (
     Json,
-    all_strings,
     array,
     count,
     field_error,
@@ -27,6 +26,7 @@ from reranker_nvidia.web.json_body import (
     string,
 )
 from reranker_nvidia.web.options import header_options, request_budget, with_example
+from reranker_nvidia.web.passage_objects import text_or_image
 from reranker_nvidia.web.responses import json_response
 from reranker_nvidia.web.routes import Handler, document_route
 from reranker_nvidia.wire import Request, Response
@@ -108,7 +108,7 @@ def nim_model(model: str | None) -> str | None:
 
 def documents_of(items: list[Any], images: ImageBudget) -> list[Passage]:
     """The documents as passages."""
-    if all_strings(items):
+    if all_text(items):
         return list(items)  # the common case: texts only
     passages: list[Passage] = []
     for index, item in enumerate(items):
@@ -118,15 +118,7 @@ def documents_of(items: list[Any], images: ImageBudget) -> list[Passage]:
         where = f"documents.{index}"
         if not isinstance(item, dict):
             raise field_error(where, "Input should be a valid string or object")
-        text = optional_string(item.get("text"), f"{where}.text")
-        image = item.get("image")
-        if image is None:
-            if text is None:
-                raise field_error(f"{where}.text", "Field required (or an image)")
-            passages.append(text)
-            continue
-        found = parse_image(string(image, f"{where}.image"), f"{where}.image", images)
-        passages.append(ImagePassage(text or "", found))
+        passages.append(text_or_image(item, where, images))
     return passages
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import orjson
 
+from reranker_nvidia.core import all_text
 from reranker_nvidia.errors import RerankError, invalid_argument
 
 MAX_DEPTH = 1024
-_STR = frozenset({str})
 
 Json = dict[str, Any]
 
@@ -86,16 +86,11 @@ def array(value: object, where: str) -> list[Any]:
 def strings(value: object, where: str) -> list[str]:
     """A list of strings; one pass in C, the first non-string named by its index."""
     items = array(value, where)
-    if not all_strings(items):
+    if not all_text(items):
         for index, item in enumerate(items):
             if not isinstance(item, str):
                 raise field_error(f"{where}.{index}", "Input should be a valid string")
     return items
-
-
-def all_strings(values: list[Any]) -> bool:
-    """Whether every value is a ``str`` (JSON makes no subclass of it), checked in C."""
-    return set(map(type, values)) <= _STR
 
 
 def count(value: object, where: str) -> int | None:

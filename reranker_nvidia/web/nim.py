@@ -20,15 +20,13 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from reranker_nvidia.core import ImageBudget, ImagePassage, Passage, Ranker, parse_image
+from reranker_nvidia.core import ImageBudget, Passage, Ranker, all_text
 from reranker_nvidia.nim_schema import NimRankingResponse, NimText, NimTruncate
 from reranker_nvidia.types import TRUNCATE_VALUES
 from reranker_nvidia.web.json_body import (
-    all_strings,
     array,
     choice,
     count,
-    field_error,
     mapping,
     optional_string,
     parse_object,
@@ -36,6 +34,7 @@ from reranker_nvidia.web.json_body import (
     string,
 )
 from reranker_nvidia.web.options import header_options, request_budget, with_example
+from reranker_nvidia.web.passage_objects import text_or_image
 from reranker_nvidia.web.responses import json_response
 from reranker_nvidia.web.routes import Handler, document_route
 from reranker_nvidia.wire import Request, Response
@@ -99,21 +98,12 @@ def passages_of(items: list[Any], images: ImageBudget) -> list[Passage]:
         pass
     else:
         # The common case, read in one pass: text only, every one a string.
-        if all_strings(texts) and not any(map(dict.__contains__, items, repeat("image"))):
+        if all_text(texts) and not any(map(dict.__contains__, items, repeat("image"))):
             return texts
     passages: list[Passage] = []
     for index, item in enumerate(items):
         where = f"passages.{index}"
-        passage = mapping(item, where)
-        text = optional_string(passage.get("text"), f"{where}.text")
-        image = passage.get("image")
-        if image is None:
-            if text is None:
-                raise field_error(f"{where}.text", "Field required (or an image)")
-            passages.append(text)
-        else:
-            found = parse_image(string(image, f"{where}.image"), f"{where}.image", images)
-            passages.append(ImagePassage(text or "", found))
+        passages.append(text_or_image(mapping(item, where), where, images))
     return passages
 
 

@@ -20,6 +20,7 @@ from reranker_nvidia.wire.errors import (
 )
 from reranker_nvidia.wire.exchange import App, Refusal, Request, Response
 from reranker_nvidia.wire.limits import ServerLimits, body_charge
+from reranker_nvidia.wire.listener import bind_tcp_listener
 from reranker_nvidia.wire.pool import HttpClient
 from reranker_nvidia.wire.server import HttpServer
 
@@ -46,6 +47,7 @@ __all__ = [
     "ServerLimits",
     "Target",
     "TransportError",
+    "bind_tcp_listener",
     "body_charge",
     "run_asgi",
 ]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 
 from reranker_nvidia.wire.exchange import App
 from reranker_nvidia.wire.limits import LINGER_S, ServerLimits
+from reranker_nvidia.wire.listener import bind_tcp_listener
 from reranker_nvidia.wire.server_connection import ServerConnection, ServerState
 
 log = logging.getLogger("reranker_nvidia.http")
@@ -106,16 +107,8 @@ class HttpServer:
         return self._state.turned_away
 
     async def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on connections accepted
-        # from a socket that says it is TCP, and without it a response that goes out in two
-        # writes (head, then a large body) waits ~40 ms for the client's delayed ACK.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock = bind_tcp_listener(self._host, self._port)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.bind((self._host, self._port))
-            sock.set_inheritable(True)
             loop = asyncio.get_running_loop()
             if self._ssl is None:
                 self._server = await loop.create_server(

@@ -203,6 +203,8 @@ class ServerConnection(asyncio.Protocol):
         self._handshake: asyncio.Task[None] | None = None
         self._handler: asyncio.Task[None] | None = None
         self._held: list[bytes] = []
+        # Small pieces of the body being read; emptied whenever a body ends or is dropped.
+        self._staging = bytearray()
         self._reading_paused = False
         self._write_paused = False
         self._client: tuple[str, int] | None = None
@@ -231,7 +233,6 @@ class ServerConnection(asyncio.Protocol):
         self._body_left = 0
         # One piece as it came, or the pieces held so far (see SMALL_PIECE_BYTES).
         self._body: bytes | list[bytes] = b""
-        self._staging = bytearray()
         self._body_size = 0
         self._got_data = False
         self._framing_run = 0
@@ -307,7 +308,7 @@ class ServerConnection(asyncio.Protocol):
         self._forget()
         self._held = []
         self._body = b""
-        self._staging = bytearray()
+        self._staging.clear()
 
     def eof_received(self) -> bool | None:
         return None  # the client closed its side: it has left, so the transport closes
@@ -752,7 +753,7 @@ class ServerConnection(asyncio.Protocol):
         self._held = []
         self._release()
         self._body = b""
-        self._staging = bytearray()
+        self._staging.clear()
         self._dispatch(self._request(b"", refusal))
 
     def _dispatch(self, request: Request) -> None:

@@ -27,6 +27,14 @@ class ImagePassage:
 
 Passage = str | ImagePassage
 
+_STR = frozenset({str})
+
+
+def all_text(values: Sequence[object]) -> bool:
+    """Whether every value is a ``str`` (a text passage; JSON makes no subclass of it),
+    checked in C: the common case every surface and the ranker look for first."""
+    return set(map(type, values)) <= _STR
+
 
 def wire_passages(passages: Sequence[Passage]) -> list[Any]:
     """The ``passages`` of a NIM request."""
